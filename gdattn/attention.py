@@ -1,0 +1,125 @@
+"""Kernelized self-attention and cross-attention on token matrices (pure).
+
+Dimensions: S tokens (N context tokens first, then T query tokens), M token
+width, H heads, P query/key width, V value width, C memory tokens (classes),
+E class-embedding dim, K blocks.
+
+A block is the interleaved topology of arXiv:2405.17248: multi-head kernelized
+self-attention whose keys and values are the N context tokens only (a query
+token never serves as a key), then single-head softmax cross-attention from
+every token to the C class embeddings; both outputs are added to the
+residual stream. No LayerNorm, no MLP.
+
+Parameter pytrees (plain dicts, so they can be inspected, perturbed and
+stacked along a leading K axis for `attention_stack`):
+  self:  wq [H, M, P], wk [H, M, P], wv [H, M, V], wo [H, V, M]
+  cross: wq [M, P], wk [E, P], wv [E, V], wo [V, M]
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from gdattn import kernels
+
+Params = dict[str, jax.Array]
+
+
+def self_attention(
+    params: Params,
+    z_SxM: ArrayLike,
+    *,
+    num_context: int,
+    kernel: str,
+    kernel_scale: ArrayLike,
+) -> jax.Array:
+  """Multi-head kernelized self-attention over the context tokens.
+
+  Args:
+    params: wq, wk [H, M, P]; wv [H, M, V]; wo [H, V, M].
+    z_SxM: tokens; the first `num_context` rows are the context (keys).
+    num_context: N, static.
+    kernel: one of gdattn.KERNELS, applied to (z wq_h, z_ctx wk_h).
+    kernel_scale: scalar, or [H] for one scale per head.
+
+  Returns:
+    [S, M] the attention output (to add to the residual stream).
+
+  References: arXiv:2405.17248, section 3.
+  """
+  z_SxM = jnp.asarray(z_SxM)
+  z_ctx_NxM = z_SxM[:num_context]
+  q_HxSxP = jnp.einsum("sm,hmp->hsp", z_SxM, params["wq"])
+  k_HxNxP = jnp.einsum("nm,hmp->hnp", z_ctx_NxM, params["wk"])
+  v_HxNxV = jnp.einsum("nm,hmv->hnv", z_ctx_NxM, params["wv"])
+  num_heads = q_HxSxP.shape[0]
+  scale_H = jnp.broadcast_to(jnp.asarray(kernel_scale), (num_heads,))
+  att_HxSxN = jax.vmap(
+      lambda q, k, s: kernels.attention_weights(q, k, kernel=kernel, kernel_scale=s)
+  )(q_HxSxP, k_HxNxP, scale_H)
+  return jnp.einsum("hsn,hnv,hvm->sm", att_HxSxN, v_HxNxV, params["wo"])
+
+
+def cross_attention(params: Params, z_SxM: ArrayLike, memory_CxE: ArrayLike) -> jax.Array:
+  """Single-head softmax cross-attention from every token to C memory tokens.
+
+  With queries reading f and keys = values = the class embeddings this
+  computes E(x) = sum_c softmax_c(<f(x), w_c>) w_c: the softmax is always over
+  the classes, whatever the self-attention kernel.
+
+  Args:
+    params: wq [M, P], wk [E, P], wv [E, V], wo [V, M].
+    z_SxM: tokens.
+    memory_CxE: the class embeddings W_e.
+
+  Returns:
+    [S, M] the attention output (to add to the residual stream).
+  """
+  q_SxP = jnp.asarray(z_SxM) @ params["wq"]
+  k_CxP = jnp.asarray(memory_CxE) @ params["wk"]
+  v_CxV = jnp.asarray(memory_CxE) @ params["wv"]
+  att_SxC = jax.nn.softmax(q_SxP @ k_CxP.T, axis=-1)
+  return att_SxC @ v_CxV @ params["wo"]
+
+
+def block(
+    params: dict[str, Params],
+    z_SxM: jax.Array,
+    memory_CxE: jax.Array,
+    *,
+    num_context: int,
+    kernel: str,
+    kernel_scale: ArrayLike,
+) -> jax.Array:
+  """One block: z += self_attention(z); z += cross_attention(z, memory)."""
+  z_SxM = z_SxM + self_attention(
+      params["self"], z_SxM, num_context=num_context, kernel=kernel,
+      kernel_scale=kernel_scale,
+  )
+  return z_SxM + cross_attention(params["cross"], z_SxM, memory_CxE)
+
+
+def attention_stack(
+    params: dict[str, Params],
+    z_SxM: ArrayLike,
+    memory_CxE: ArrayLike,
+    *,
+    num_context: int,
+    kernel: str,
+    kernel_scale: ArrayLike,
+) -> jax.Array:
+  """K blocks applied in turn (lax.scan over parameters stacked along axis 0).
+
+  Returns:
+    [K + 1, S, M]: the token matrix before the first block and after each.
+  """
+  z_SxM = jnp.asarray(z_SxM)
+  memory_CxE = jnp.asarray(memory_CxE)
+
+  def step(z, block_params):
+    z = block(block_params, z, memory_CxE, num_context=num_context,
+              kernel=kernel, kernel_scale=kernel_scale)
+    return z, z
+
+  _, z_KxSxM = jax.lax.scan(step, z_SxM, params)
+  return jnp.concatenate([z_SxM[None], z_KxSxM], axis=0)

@@ -1,0 +1,194 @@
+"""Input validation shared by every public entry point.
+
+Dimensions: N context points, T queries, D input dim, C classes, E embedding
+dim, K steps, M real output dim.
+
+Shape, rank and dtype checks run always (shapes are static, even under jit or
+vmap). Value checks (labels in range, finite entries, kernel_scale > 0) run
+only on concrete arrays, i.e. at the Python boundary outside jit; inside jit
+call `validate_labels` etc. yourself on the host before tracing.
+"""
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gdattn import kernels
+
+
+def is_concrete(x: Any) -> bool:
+  """True when `x` holds values now (not a tracer under jit/vmap/grad)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _shape(x: Any, name: str) -> tuple[int, ...]:
+  try:
+    return tuple(jnp.shape(x))
+  except Exception as e:  # e.g. a string or a ragged list
+    raise TypeError(
+        f"{name} must be an array, got {type(x).__name__}: {e}"
+    ) from None
+
+
+def _dtype(x: Any) -> np.dtype:
+  return jnp.result_type(x)
+
+
+def check_rank(x: Any, name: str, rank: int, dims: str) -> tuple[int, ...]:
+  """Checks `x` has `rank` dims; `dims` names them for the message, e.g. '[N, D]'."""
+  shape = _shape(x, name)
+  if len(shape) != rank:
+    raise ValueError(
+        f"{name} must have rank {rank} with shape {dims}, got shape {shape}"
+    )
+  return shape
+
+
+def check_floating(x: Any, name: str) -> None:
+  dtype = _dtype(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"{name} must have a floating dtype, got {dtype}")
+
+
+def check_integer(x: Any, name: str) -> None:
+  dtype = _dtype(x)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise TypeError(f"{name} must have an integer dtype (class labels), got {dtype}")
+
+
+def check_finite(x: Any, name: str) -> None:
+  """Raises if a concrete floating array holds NaN or inf."""
+  if not is_concrete(x):
+    return
+  values = np.asarray(x)
+  if not np.all(np.isfinite(values)):
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    raise ValueError(f"{name} must be finite, got {bad} NaN/inf entries")
+
+
+def check_kernel(kernel: Any, valid: Sequence[str] = kernels.KERNELS) -> None:
+  if not isinstance(kernel, str) or kernel not in valid:
+    raise ValueError(f"kernel must be one of {tuple(valid)}, got {kernel!r}")
+
+
+def check_kernel_scale(kernel_scale: Any) -> None:
+  shape = _shape(kernel_scale, "kernel_scale")
+  if shape != ():
+    raise ValueError(f"kernel_scale must be a scalar, got shape {shape}")
+  try:
+    dtype = _dtype(kernel_scale)
+  except Exception:
+    dtype = None
+  if dtype is None or not (
+      jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+  ):
+    raise TypeError(
+        f"kernel_scale must be a real number, got {type(kernel_scale).__name__}"
+    )
+  if is_concrete(kernel_scale):
+    value = float(kernel_scale)
+    if not (np.isfinite(value) and value > 0):
+      raise ValueError(f"kernel_scale must be finite and > 0, got {value}")
+
+
+def validate_labels(y_ctx: Any, num_classes: int, name: str = "y_ctx") -> None:
+  """Checks concrete labels lie in [0, num_classes); callable outside jit."""
+  check_integer(y_ctx, name)
+  if not is_concrete(y_ctx):
+    return
+  values = np.asarray(y_ctx)
+  if values.size and (values.min() < 0 or values.max() >= num_classes):
+    raise ValueError(
+        f"{name} must hold class labels in [0, {num_classes}) (C = w_e.shape[0]),"
+        f" got values in [{values.min()}, {values.max()}]"
+    )
+
+
+def _check_context(x_ctx: Any, x_query: Any) -> tuple[int, int, int]:
+  n, d = check_rank(x_ctx, "x_ctx", 2, "[N, D]")
+  t, d_query = check_rank(x_query, "x_query", 2, "[T, D]")
+  if d_query != d:
+    raise ValueError(
+        f"x_query must have the input dim D = {d} of x_ctx (shape [T, {d}]),"
+        f" got shape {(t, d_query)}"
+    )
+  if n < 1:
+    raise ValueError(f"x_ctx must hold at least one context point, got N = {n}")
+  check_floating(x_ctx, "x_ctx")
+  check_floating(x_query, "x_query")
+  check_finite(x_ctx, "x_ctx")
+  check_finite(x_query, "x_query")
+  return n, t, d
+
+
+def validate_gd_inputs(x_ctx, y_ctx, x_query, w_e, lrs, *, kernel, kernel_scale):
+  """Validates the arguments of the categorical GD entry points.
+
+  Returns:
+    (N, T, D, C, E, K).
+  """
+  check_kernel(kernel)
+  check_kernel_scale(kernel_scale)
+  n, t, d = _check_context(x_ctx, x_query)
+  (n_labels,) = check_rank(y_ctx, "y_ctx", 1, "[N]")
+  if n_labels != n:
+    raise ValueError(
+        f"y_ctx must have one label per context point, shape [{n}] (N from"
+        f" x_ctx), got shape {(n_labels,)}"
+    )
+  c, e = check_rank(w_e, "w_e", 2, "[C, E]")
+  if c < 1 or e < 1:
+    raise ValueError(f"w_e must have C >= 1 classes and E >= 1 dims, got {(c, e)}")
+  k, e_lrs = check_rank(lrs, "lrs", 2, "[K, E]")
+  if e_lrs != e:
+    raise ValueError(
+        f"lrs must have shape [K, E] with E = {e} from w_e, got shape {(k, e_lrs)}"
+    )
+  if k < 1:
+    raise ValueError(f"lrs must hold at least one step (K >= 1), got shape {(k, e)}")
+  check_floating(w_e, "w_e")
+  check_floating(lrs, "lrs")
+  check_finite(w_e, "w_e")
+  check_finite(lrs, "lrs")
+  validate_labels(y_ctx, c)
+  return n, t, d, c, e, k
+
+
+def validate_regression_inputs(x_ctx, y_ctx, x_query, lrs, *, kernel, kernel_scale):
+  """Validates the arguments of `regression_gd`; returns (N, T, D, M, K)."""
+  check_kernel(kernel)
+  check_kernel_scale(kernel_scale)
+  n, t, d = _check_context(x_ctx, x_query)
+  n_y, m = check_rank(y_ctx, "y_ctx", 2, "[N, M]")
+  if n_y != n:
+    raise ValueError(
+        f"y_ctx must have one target row per context point, shape [{n}, M],"
+        f" got shape {(n_y, m)}"
+    )
+  check_floating(y_ctx, "y_ctx")
+  check_finite(y_ctx, "y_ctx")
+  lrs_shape = _shape(lrs, "lrs")
+  if len(lrs_shape) not in (1, 2) or (len(lrs_shape) == 2 and lrs_shape[1] != m):
+    raise ValueError(
+        f"lrs must have shape [K] or [K, M] with M = {m} from y_ctx, got"
+        f" shape {lrs_shape}"
+    )
+  if lrs_shape[0] < 1:
+    raise ValueError(f"lrs must hold at least one step (K >= 1), got shape {lrs_shape}")
+  check_floating(lrs, "lrs")
+  check_finite(lrs, "lrs")
+  return n, t, d, m, lrs_shape[0]
+
+
+def check_output_finite(out: jax.Array, where: str, kernel: str) -> jax.Array:
+  """Turns a would-be silent NaN/inf in a concrete result into a clear error."""
+  if is_concrete(out) and not bool(jnp.all(jnp.isfinite(out))):
+    raise FloatingPointError(
+        f"{where} produced NaN/inf with finite inputs: the {kernel!r} kernel"
+        " overflowed (exp(s <x, x_i>) or the GD iterates exceed the dtype's"
+        " range). Lower kernel_scale or the learning rates, normalise x, or"
+        " use float64."
+    )
+  return out
