@@ -5,7 +5,7 @@ classes, E embedding dim, K blocks, M token width.
 
 Token of a point (one E slot per block, which is what makes it exact):
 
-    [ x (D) | w_y (E) | E_0 (E) | E_1 (E) | ... | E_K (E) | f (E) ]
+    [ x (D) | w_y (E) | E_0 (E) | E_1 (E) | ... | E_{K-1} (E) | f (E) ]
 
 A query token has w_y = 0. Slot E_0 holds the mean class embedding (the
 expectation at f_0 = 0); the other E slots and f start at 0. Block k:
@@ -15,13 +15,16 @@ expectation at f_0 = 0); the other E slots and f start at 0. Block k:
     sum_i a(x, x_i) lr_k (w_{y_i} - E_k(x_i)): exactly one GD step on f.
   * cross-attention to the C class embeddings: query = f, key = value = w_c,
     output written into the empty slot E_{k+1}; it equals
-    sum_c softmax_c(<f_{k+1}, w_c>) w_c = E_{k+1}.
+    sum_c softmax_c(<f_{k+1}, w_c>) w_c = E_{k+1}. The last block's
+    cross-attention has a zero output projection: E_K is never read, since the
+    readout is W_e f(x_query).
 No slot is ever overwritten, so nothing has to be erased: every projection is
 a 0/1 (or +-lr_k) selection matrix and the stack equals the lax.scan
 reference up to floating-point rounding, at any depth, for any kernel. (The
 original code instead cancels the old E with a second self-attention head of
 scale 1e5, which is only approximately zero and overflows with the exp
-kernel.) The price is a token width of D + (K + 3) E instead of D + 3E.
+kernel.) The price is a token width of D + (K + 2) E instead of D + 3E; at
+K = 1 the two coincide.
 
 References: arXiv:2405.17248, section 3.
 """
@@ -53,15 +56,15 @@ class TokenLayout:
     return slice(self.input_dim, self.input_dim + self.embed_dim)
 
   def expectation(self, k: int) -> slice:
-    """Slot of E_k, k = 0..K."""
-    if not 0 <= k <= self.num_steps:
-      raise ValueError(f"k must be in [0, {self.num_steps}], got {k}")
+    """Slot of E_k, k = 0..K-1."""
+    if not 0 <= k < self.num_steps:
+      raise ValueError(f"k must be in [0, {self.num_steps}), got {k}")
     start = self.input_dim + (1 + k) * self.embed_dim
     return slice(start, start + self.embed_dim)
 
   @property
   def f(self) -> slice:
-    start = self.input_dim + (self.num_steps + 2) * self.embed_dim
+    start = self.input_dim + (self.num_steps + 1) * self.embed_dim
     return slice(start, start + self.embed_dim)
 
   @property
@@ -109,9 +112,13 @@ def gd_attention_params(layout: TokenLayout, lrs_KxE: ArrayLike) -> dict:
     wv_MxE = jax.lax.dynamic_update_slice(
         wv_MxE, -diag_lr, (layout.expectation(0).start + k * e, 0)
     )
-    # Cross-attention writes E_{k+1} into its own, still empty, slot.
+    # Cross-attention writes E_{k+1} into its own, still empty, slot; the
+    # last block's E_K would never be read, so its output projection is 0.
+    has_next = (k + 1 < layout.num_steps).astype(dtype)
+    next_slot = jnp.minimum(k + 1, layout.num_steps - 1)
     wo_ExM = jax.lax.dynamic_update_slice(
-        jnp.zeros((e, m), dtype), eye_e, (0, layout.expectation(0).start + (k + 1) * e)
+        jnp.zeros((e, m), dtype), has_next * eye_e,
+        (0, layout.expectation(0).start + next_slot * e),
     )
     return {
         "self": {
