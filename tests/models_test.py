@@ -1,0 +1,126 @@
+"""Tests for gdattn/models.py: parameter counts, exact GD embeddings, shapes."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import gdattn
+from gdattn import models
+
+# Float64 maps between equivalent parameterisations differ by rounding only.
+EXACT_ATOL = 1e-10
+
+D, C, E = 10, 25, 5
+
+
+@pytest.fixture
+def x64():
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", False)
+
+
+def _batch(key, b=3, n=20, t=2, d=D, c=C, scale=1.0):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return (scale * jax.random.normal(k1, (b, n, d)),
+          jax.random.randint(k2, (b, n), 0, c),
+          scale * jax.random.normal(k3, (b, t, d)))
+
+
+def test_parameter_counts_match_the_paper_at_k1():
+  # SPEC section 4: ~131 (GD) and 6,625 (Trained TF) at d=10, C=25, e=5, K=1.
+  gd = models.GD(num_classes=C, embed_dim=E, num_layers=1, rngs=nnx.Rngs(0))
+  tf = models.TrainedTF(input_dim=D, num_classes=C, embed_dim=E, num_layers=1,
+                        rngs=nnx.Rngs(0))
+  assert models.count_params(gd) == 5 + 1 + C * E == 131
+  assert models.count_params(tf) == 6625
+  ratio = models.count_params(tf) / models.count_params(gd)
+  assert 50 < ratio < 52  # "about 51x"
+
+
+def test_paper_layout_width_is_constant_in_depth():
+  for k in (1, 3):
+    tf = models.TrainedTF(input_dim=D, num_classes=C, embed_dim=E, num_layers=k,
+                          token_layout="paper", rngs=nnx.Rngs(0))
+    assert tf.layout.width == D + 3 * E
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_gd_model_matches_reference(x64, kernel, num_layers):
+  gd = models.GD(num_classes=C, embed_dim=E, num_layers=num_layers, kernel=kernel,
+                 init_scale=0.5, init_kernel_scale=0.3, rngs=nnx.Rngs(1))
+  x, y, q = _batch(jax.random.key(0))
+  w_e = gd.embeddings()
+  ref = jax.vmap(
+      lambda xb, yb, qb: gdattn.categorical_gd(
+          xb, yb, qb, w_e, gd.lrs[...], kernel=kernel,
+          kernel_scale=gd.kernel_scale[...]) @ w_e.T)(x, y, q)
+  chex.assert_trees_all_close(gd(x, y, q), ref, atol=EXACT_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_trained_tf_from_gd_is_exact(x64, kernel, num_layers):
+  gd = models.GD(num_classes=C, embed_dim=E, num_layers=num_layers, kernel=kernel,
+                 init_scale=0.7, init_kernel_scale=0.4, rngs=nnx.Rngs(2))
+  tf = models.trained_tf_from_gd(gd, input_dim=D)
+  x, y, q = _batch(jax.random.key(1), scale=2.0)
+  chex.assert_trees_all_close(tf(x, y, q), gd(x, y, q), atol=EXACT_ATOL, rtol=0)
+  # The embedded model is a full TrainedTF: same parameter count as a fresh one.
+  fresh = models.TrainedTF(input_dim=D, num_classes=C, embed_dim=E,
+                           num_layers=num_layers, rngs=nnx.Rngs(0))
+  assert models.count_params(tf) == models.count_params(fresh)
+
+
+def test_gdmlp_equals_gd_at_one_layer(x64):
+  gd = models.GD(num_classes=C, embed_dim=E, num_layers=1, init_scale=0.5,
+                 rngs=nnx.Rngs(3))
+  mlp = models.GDMLP(num_classes=C, embed_dim=E, num_layers=1, init_scale=0.5,
+                     rngs=nnx.Rngs(3))
+  mlp.lrs[...] = gd.lrs[...]
+  mlp.embeddings.w_e[...] = gd.embeddings.w_e[...]
+  x, y, q = _batch(jax.random.key(2))
+  chex.assert_trees_all_close(mlp(x, y, q), gd(x, y, q), atol=EXACT_ATOL, rtol=0)
+  # K = 1 needs no MLP: E_1 is never read.
+  assert models.count_params(mlp) == models.count_params(gd)
+
+
+def test_gdmlp_uses_its_mlp_from_two_layers():
+  mlp = models.GDMLP(num_classes=C, embed_dim=E, num_layers=2, init_scale=0.5,
+                     rngs=nnx.Rngs(4))
+  x, y, q = _batch(jax.random.key(3))
+  before = mlp(x, y, q)
+  mlp.mlp.b2[...] = mlp.mlp.b2[...] + 1.0
+  assert not np.allclose(before, mlp(x, y, q))
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_models_are_permutation_invariant_over_context(name):
+  common = dict(num_classes=C, embed_dim=E, num_layers=2, rngs=nnx.Rngs(5))
+  if name in ("trained_tf", "transformer"):
+    common["input_dim"] = D
+  model = {"gd": models.GD, "trained_tf": models.TrainedTF, "gdmlp": models.GDMLP,
+           "transformer": models.Transformer}[name](**common)
+  x, y, q = _batch(jax.random.key(4))
+  perm = jax.random.permutation(jax.random.key(5), x.shape[1])
+  out = model(x, y, q)
+  chex.assert_shape(out, (3, 2, C))
+  chex.assert_tree_all_finite(out)
+  chex.assert_trees_all_close(out, model(x[:, perm], y[:, perm], q), atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_last_class_gets_no_gradient():
+  gd = models.GD(num_classes=C, embed_dim=E, num_layers=2, init_scale=0.5,
+                 rngs=nnx.Rngs(6))
+  x, y, q = _batch(jax.random.key(6))
+
+  def loss(model):
+    return jnp.sum(model(x, y, q) ** 2)
+
+  grads = nnx.grad(loss)(gd)
+  w_grad = grads["embeddings"]["w_e"][...]
+  assert np.all(w_grad[-1] == 0) and np.any(w_grad[:-1] != 0)
