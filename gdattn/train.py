@@ -39,7 +39,12 @@ SPLITS = ("train", "val", "test")
 
 def make_datasets(cfg: config_lib.DataConfig) -> dict[str, synthetic.Contexts]:
   """The fixed train/val/test contexts of one draw (key = cfg.seed)."""
-  k_w, k_mix, *k_split = jax.random.split(jax.random.key(cfg.seed), 5)
+  # One compiled program: eager vmapped generators would compile per primitive.
+  return jax.jit(_make_datasets, static_argnums=0)(cfg, jax.random.key(cfg.seed))
+
+
+def _make_datasets(cfg, key):
+  k_w, k_mix, *k_split = jax.random.split(key, 5)
   w_data = synthetic.class_embeddings(k_w, cfg.num_classes, cfg.data_embed_dim)
   mixture_logits = synthetic.mixture_components(
       k_mix, cfg.num_classes, cfg.num_mixture_components, cfg.mixture_scale)
@@ -189,10 +194,29 @@ def _first_nonfinite(loss_ExZxS, first_epoch, steps_per_epoch):
   return first_epoch + int(e), int(e) * steps_per_epoch + int(z), int(s)
 
 
-def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
-                datasets: dict[str, synthetic.Contexts], workdir: str) -> dict:
-  """Trains the members of one model; returns its results (also results.json)."""
-  os.makedirs(workdir, exist_ok=True)
+@dataclasses.dataclass
+class Trainer:
+  """Everything one model's training needs, set up but not yet run.
+
+  `program.run_epochs(params, opt_state, shuffle_keys, lr_S, data['train'],
+  epochs)` trains all members for the given epochs in one compiled call;
+  `program.evaluate(params, data[split])` gives per-member metrics. The
+  benchmarks time these directly.
+  """
+
+  members: list[tuple[int, float]]     # (seed, learning rate) per member
+  program: _Program
+  data: dict[str, synthetic.Contexts]  # replicated over the mesh
+  shuffle_keys: jax.Array              # [S] per-member data-order keys
+  lr_S: jax.Array                      # [S] per-member learning rates
+  params: Any                          # [S, ...] pure dicts
+  opt_state: Any
+  num_params: int
+
+
+def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
+                 datasets: dict[str, synthetic.Contexts]) -> Trainer:
+  """Initialises the members of one model and compiles-on-demand its steps."""
   members = _members(cfg, model_name)
   t = cfg.train
   devices = jax.devices()
@@ -206,7 +230,6 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
 
   template = make_model(cfg, model_name, input_dim, nnx.Rngs(0))
   graphdef, _, rest = nnx.split(template, nnx.Param, ...)
-  num_params = models.count_params(template)
   tx = make_optimizer(cfg.optim_for(model_name))
 
   def init_member(key):
@@ -214,22 +237,37 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return params, tx.init(params)
 
+  # Member keys depend on the seed alone, so member i of a sweep equals a
+  # separate run with that seed.
   keys = [jax.random.split(jax.random.key(seed)) for seed, _ in members]
-  init_keys = jnp.stack([k[0] for k in keys])
-  shuffle_keys = jnp.stack([k[1] for k in keys])
-  lr_S = jnp.asarray([lr for _, lr in members], jnp.float32)
-  params, opt_state = jax.jit(jax.vmap(init_member))(init_keys)
-  replicated = NamedSharding(mesh, P())
-  data = jax.device_put(datasets, replicated)
-  program = _build_program(graphdef, rest, tx, mesh, t.batch_size, t.eval_batch_size)
+  params, opt_state = jax.jit(jax.vmap(init_member))(jnp.stack([k[0] for k in keys]))
+  return Trainer(
+      members=members,
+      program=_build_program(graphdef, rest, tx, mesh, t.batch_size, t.eval_batch_size),
+      data=jax.device_put(datasets, NamedSharding(mesh, P())),
+      shuffle_keys=jnp.stack([k[1] for k in keys]),
+      lr_S=jnp.asarray([lr for _, lr in members], jnp.float32),
+      params=params, opt_state=opt_state,
+      num_params=models.count_params(template))
 
+
+def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
+                datasets: dict[str, synthetic.Contexts], workdir: str) -> dict:
+  """Trains the members of one model; returns its results (also results.json)."""
+  os.makedirs(workdir, exist_ok=True)
+  t = cfg.train
+  trainer = make_trainer(cfg, model_name, datasets)
+  members, program, data = trainer.members, trainer.program, trainer.data
+  shuffle_keys, lr_S = trainer.shuffle_keys, trainer.lr_S
   num_members = len(members)
   state = {
-      "params": params, "opt_state": opt_state, "epoch": np.int64(0),
+      "params": trainer.params, "opt_state": trainer.opt_state,
+      "epoch": np.asarray(0, np.int64),
       "best_val_nll": np.full(num_members, np.inf),
       "best_epoch": np.zeros(num_members, np.int64),
       "evals_since_best": np.zeros(num_members, np.int64),
-      "best_test": {k: np.zeros(num_members) for k in _metric_names(data, program, params)},
+      "best_test": {k: np.zeros(num_members)
+                    for k in _metric_names(data, program, trainer.params)},
   }
   ckpt = io.Checkpointer(os.path.join(workdir, "checkpoints"))
   writer = io.MetricsWriter(workdir)
@@ -257,7 +295,7 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
           f" (seed, lr) {members[member] if member >= 0 else '?'}); the last good"
           f" checkpoint (epoch {ckpt.latest_step()}) is kept in {workdir}/checkpoints."
           " Lower the learning rate or clip harder.")
-    state.update(params=new_params, opt_state=new_opt, epoch=np.int64(first + count))
+    state.update(params=new_params, opt_state=new_opt, epoch=np.asarray(first + count, np.int64))
     epoch_now = int(state["epoch"])
     evals = {split: jax.tree.map(np.asarray, program.evaluate(new_params, data[split]))
              for split in SPLITS}
@@ -279,8 +317,8 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
   progress.close()
   writer.close()
   ckpt.close()
-  return _summarise(cfg, model_name, members, state, num_params, stopped_early,
-                    datasets)
+  return _summarise(cfg, model_name, members, state, trainer.num_params,
+                    stopped_early, datasets)
 
 
 def _metric_names(data, program, params):
