@@ -24,6 +24,8 @@ def is_concrete(x: Any) -> bool:
 
 
 def _shape(x: Any, name: str) -> tuple[int, ...]:
+  if x is None:  # jnp.shape(None) is () and jnp.result_type(None) float32.
+    raise TypeError(f"{name} must be an array, got None")
   try:
     return tuple(jnp.shape(x))
   except Exception as e:  # e.g. a string or a ragged list
@@ -32,8 +34,12 @@ def _shape(x: Any, name: str) -> tuple[int, ...]:
     ) from None
 
 
-def _dtype(x: Any) -> np.dtype:
-  return jnp.result_type(x)
+def _dtype(x: Any, name: str) -> np.dtype:
+  try:
+    return jnp.result_type(x)
+  except Exception:  # e.g. a string or object array
+    what = getattr(x, "dtype", type(x).__name__)
+    raise TypeError(f"{name} must be a numeric array, got {what}") from None
 
 
 def check_rank(x: Any, name: str, rank: int, dims: str) -> tuple[int, ...]:
@@ -47,15 +53,17 @@ def check_rank(x: Any, name: str, rank: int, dims: str) -> tuple[int, ...]:
 
 
 def check_floating(x: Any, name: str) -> None:
-  dtype = _dtype(x)
+  dtype = _dtype(x, name)
   if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"{name} must have a floating dtype, got {dtype}")
+    given = getattr(x, "dtype", dtype)  # as passed, before JAX canonicalises
+    raise TypeError(f"{name} must have a floating dtype, got {given}")
 
 
 def check_integer(x: Any, name: str) -> None:
-  dtype = _dtype(x)
+  dtype = _dtype(x, name)
   if not jnp.issubdtype(dtype, jnp.integer):
-    raise TypeError(f"{name} must have an integer dtype (class labels), got {dtype}")
+    given = getattr(x, "dtype", dtype)
+    raise TypeError(f"{name} must have an integer dtype (class labels), got {given}")
 
 
 def check_finite(x: Any, name: str) -> None:
@@ -66,6 +74,18 @@ def check_finite(x: Any, name: str) -> None:
   if not np.all(np.isfinite(values)):
     bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
     raise ValueError(f"{name} must be finite, got {bad} NaN/inf entries")
+  # A finite float64 input can still overflow when JAX casts it to float32.
+  jax_dtype = jax.dtypes.canonicalize_dtype(values.dtype)
+  if values.size and jax_dtype != values.dtype and jnp.issubdtype(
+      jax_dtype, jnp.floating
+  ):
+    largest = float(np.max(np.abs(values)))
+    if largest > float(jnp.finfo(jax_dtype).max):
+      raise ValueError(
+          f"{name} must fit in {jax_dtype} (the dtype JAX casts its"
+          f" {values.dtype} to), got entries of magnitude {largest:.3g};"
+          " rescale it or enable jax_enable_x64"
+      )
 
 
 def check_kernel(kernel: Any, valid: Sequence[str] = kernels.KERNELS) -> None:
@@ -78,8 +98,8 @@ def check_kernel_scale(kernel_scale: Any) -> None:
   if shape != ():
     raise ValueError(f"kernel_scale must be a scalar, got shape {shape}")
   try:
-    dtype = _dtype(kernel_scale)
-  except Exception:
+    dtype = _dtype(kernel_scale, "kernel_scale")
+  except TypeError:
     dtype = None
   if dtype is None or not (
       jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
@@ -88,6 +108,14 @@ def check_kernel_scale(kernel_scale: Any) -> None:
         f"kernel_scale must be a real number, got {type(kernel_scale).__name__}"
     )
   if is_concrete(kernel_scale):
+    if isinstance(kernel_scale, int):  # JAX casts a Python int to int32/int64.
+      int_dtype = jax.dtypes.canonicalize_dtype(np.int64)
+      if abs(kernel_scale) > jnp.iinfo(int_dtype).max:
+        digits = len(str(abs(kernel_scale)))
+        raise ValueError(
+            f"kernel_scale must fit in {int_dtype} (JAX's dtype for a Python"
+            f" int), got an int of {digits} digits; pass a float"
+        )
     value = float(kernel_scale)
     if not (np.isfinite(value) and value > 0):
       raise ValueError(f"kernel_scale must be finite and > 0, got {value}")
