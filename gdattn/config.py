@@ -114,7 +114,12 @@ def from_configdict(config: Any) -> ExperimentConfig:
   for key in ("models", "learning_rates"):
     if key in raw:
       value = raw[key]
-      raw[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+      # "--config.models=gd,trained_tf" arrives as a string (or a 1-tuple of one).
+      items = [value] if isinstance(value, (str, float, int)) else list(value)
+      raw[key] = tuple(
+          part.strip() if key == "models" else float(part)
+          for item in items
+          for part in (item.split(",") if isinstance(item, str) else [item]))
   raw["optim_overrides"] = {k: dict(v) for k, v in dict(raw.get("optim_overrides", {})).items()}
   cfg = _build(ExperimentConfig, {**raw, **sub}, "")
   validate(cfg)

@@ -104,11 +104,13 @@ def categorical_gd_trajectory(
   *_, num_steps = checks.validate_gd_inputs(
       x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
   )
-  w_e_CxE, lrs_KxE = jnp.asarray(w_e), jnp.asarray(lrs)
+  # One float dtype for everything, so the scan carry has a single type.
+  dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
+  w_e_CxE, lrs_KxE = jnp.asarray(w_e, dtype), jnp.asarray(lrs, dtype)
   target_NxE = w_e_CxE[jnp.asarray(y_ctx)]
   a_query_TxN, a_ctx_NxN = _kernel_matrices(
-      jnp.asarray(x_ctx), jnp.asarray(x_query), num_steps, kernel, kernel_scale
-  )
+      jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype), num_steps, kernel,
+      kernel_scale)
   f_KxTxE = functional_gd_trajectory(
       a_query_TxN,
       a_ctx_NxN,
@@ -167,12 +169,13 @@ def regression_gd_trajectory(
   *_, out_dim, num_steps = checks.validate_regression_inputs(
       x_ctx, y_ctx, x_query, lrs, kernel=kernel, kernel_scale=kernel_scale
   )
-  y_NxM = jnp.asarray(y_ctx)
-  lrs = jnp.asarray(lrs)
+  dtype = jnp.result_type(x_ctx, y_ctx, x_query, lrs)
+  y_NxM = jnp.asarray(y_ctx, dtype)
+  lrs = jnp.asarray(lrs, dtype)
   lrs_KxM = jnp.broadcast_to(lrs[:, None] if lrs.ndim == 1 else lrs, (num_steps, out_dim))
   a_query_TxN, a_ctx_NxN = _kernel_matrices(
-      jnp.asarray(x_ctx), jnp.asarray(x_query), num_steps, kernel, kernel_scale
-  )
+      jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype), num_steps, kernel,
+      kernel_scale)
   f_KxTxM = functional_gd_trajectory(
       a_query_TxN, a_ctx_NxN, lambda f_NxM: y_NxM - f_NxM, lrs_KxM
   )

@@ -304,22 +304,9 @@ def _mixed_dtype_args(entry):
   return args
 
 
-_SCAN_CARRY_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "known bug in gd.functional_gd_trajectory: the scan carry takes the"
-        " dtype of (a, lrs), the update that of the residual (w_e / y_ctx),"
-        " so lax.scan raises an unnamed carry-type TypeError"
-    ),
-)
-
-
 @pytest.mark.parametrize("entry", [
-    pytest.param("categorical_gd", marks=_SCAN_CARRY_BUG),
-    pytest.param("categorical_gd_trajectory", marks=_SCAN_CARRY_BUG),
-    "gd_transformer_logits",
-    pytest.param("regression_gd", marks=_SCAN_CARRY_BUG),
+    "categorical_gd", "categorical_gd_trajectory", "gd_transformer_logits",
+    "regression_gd",
 ])
 def test_mixed_float_dtypes(entry):
   """Mixed float dtypes either promote (finite result) or fail clearly."""
