@@ -22,5 +22,7 @@ from gdattn.gd import regression_gd
 from gdattn.gd import regression_gd_trajectory
 from gdattn.kernels import attention_weights
 from gdattn.kernels import KERNELS
+from gdattn.longcontext import categorical_gd_chunked
+from gdattn.longcontext import kernel_apply_chunked
 
 __version__ = "0.1.0"
