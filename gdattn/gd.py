@@ -50,24 +50,27 @@ def functional_gd_trajectory(
   Returns:
     [K + 1, T, E]: f at the queries after 0..K steps.
   """
-  num_ctx, num_query = a_query_TxN.shape[1], a_query_TxN.shape[0]
   num_steps, out_dim = lrs_KxE.shape
-  dtype = jnp.result_type(a_query_TxN, lrs_KxE)
-  f_ctx_NxE = jnp.zeros((num_ctx, out_dim), dtype)
-  f_query_TxE = jnp.zeros((num_query, out_dim), dtype)
   if a_ctx_NxN is None and num_steps > 1:
     raise ValueError("a_ctx_NxN is needed for K > 1 steps")
+  dtype = jnp.result_type(a_query_TxN, lrs_KxE)
+  f_ctx_NxE = jnp.zeros((a_query_TxN.shape[1], out_dim), dtype)
 
-  def step(carry, lr_E):
-    f_ctx_NxE, f_query_TxE = carry
+  # f at the context points is only needed to form the residuals of steps
+  # 1..K-1, so the context recursion runs K-1 times; the query trajectory is
+  # then a cumulative sum of one batched product (queries are never keys).
+  def step(f_ctx_NxE, lr_E):
     update_NxE = lr_E * residual_fn(f_ctx_NxE)
-    f_query_TxE = f_query_TxE + a_query_TxN @ update_NxE
-    if a_ctx_NxN is not None:
-      f_ctx_NxE = f_ctx_NxE + a_ctx_NxN @ update_NxE
-    return (f_ctx_NxE, f_query_TxE), f_query_TxE
+    return f_ctx_NxE + a_ctx_NxN @ update_NxE, update_NxE
 
-  _, f_KxTxE = jax.lax.scan(step, (f_ctx_NxE, f_query_TxE), lrs_KxE)
-  return jnp.concatenate([f_query_TxE[None], f_KxTxE], axis=0)
+  updates = []
+  if num_steps > 1:
+    f_ctx_NxE, updates_KxNxE = jax.lax.scan(step, f_ctx_NxE, lrs_KxE[:-1])
+    updates.append(updates_KxNxE)
+  updates.append((lrs_KxE[-1] * residual_fn(f_ctx_NxE))[None])
+  updates_KxNxE = jnp.concatenate(updates, axis=0)
+  f_KxTxE = jnp.cumsum(jnp.einsum("tn,kne->kte", a_query_TxN, updates_KxNxE), axis=0)
+  return jnp.concatenate([jnp.zeros_like(f_KxTxE[:1]), f_KxTxE], axis=0)
 
 
 def _kernel_matrices(x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale):
