@@ -1,0 +1,200 @@
+"""Tests for gdattn/kernels.py: every kernel equals its SPEC section 2 formula.
+
+Dimensions: T queries, N context points (keys), D input dim.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gdattn
+from gdattn import kernels
+
+# float64: a few dozen flops on O(1) values; rounding stays near 1e-16 relative.
+F64_RTOL = 1e-12
+# float32 at eps32 ~ 1.2e-7: the rbf expansion ||q||^2 + ||k||^2 - 2 <q, k>
+# loses ~s * eps32 * (||q||^2 + ||k||^2) ~ 2e-6 relative in exp(.) here.
+F32_RTOL = 1e-5
+# Absolute floors for entries near 0 (linear kernel, near-orthogonal pairs),
+# where relative error is meaningless; the weights themselves are O(0.01..1).
+F64_ATOL = 1e-14
+F32_ATOL = 1e-6
+
+# Kernel scales chosen so that exp(.) stays O(1..1e3) on x ~ N(0, I_D).
+SCALES = {"linear": 0.7, "exp": 0.3, "rbf": 0.4, "laplacian": 0.25, "softmax": 0.9}
+
+
+@pytest.fixture
+def x64():
+  """Runs the test in float64 and restores the previous setting after it."""
+  before = jax.config.jax_enable_x64
+  with jax.enable_x64(True):
+    yield
+  assert jax.config.jax_enable_x64 == before
+
+
+@pytest.fixture
+def x32():
+  """Runs the test with x64 off, so float32 stays float32 whatever the env."""
+  with jax.enable_x64(False):
+    yield
+
+
+# Jitted once per (kernel, shape, dtype): cheaper than eager op-by-op dispatch.
+# The without_jit path is covered by the chex variants below.
+_attention_weights = jax.jit(kernels.attention_weights, static_argnames="kernel")
+_kernel_logits = jax.jit(kernels.kernel_logits, static_argnames="kernel")
+
+
+def numpy_attention_weights(q_TxD, k_NxD, kernel, s):
+  """SPEC section 2 table, written entry by entry in float64 numpy."""
+  q_TxD, k_NxD = np.asarray(q_TxD, np.float64), np.asarray(k_NxD, np.float64)
+  t, n = q_TxD.shape[0], k_NxD.shape[0]
+  a_TxN = np.empty((t, n))
+  for r in range(t):
+    for i in range(n):
+      x, xi = q_TxD[r], k_NxD[i]
+      if kernel == "linear":
+        a_TxN[r, i] = s * np.dot(x, xi) / n
+      elif kernel == "exp":
+        a_TxN[r, i] = np.exp(s * np.dot(x, xi)) / n
+      elif kernel == "rbf":
+        a_TxN[r, i] = np.exp(-s * np.sum((x - xi) ** 2)) / n
+      elif kernel == "laplacian":
+        a_TxN[r, i] = np.exp(-s * np.sum(np.abs(x - xi))) / n
+      elif kernel == "softmax":
+        a_TxN[r, i] = np.exp(s * np.dot(x, xi)) / np.sum(
+            np.exp(s * (k_NxD @ x))
+        )
+      else:
+        raise ValueError(kernel)
+  return a_TxN
+
+
+def _inputs(seed, t=5, n=7, d=4):
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(t, d)), rng.normal(size=(n, d))
+
+
+def test_kernel_list_matches_spec():
+  assert gdattn.KERNELS == ("linear", "exp", "rbf", "laplacian", "softmax")
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+@pytest.mark.parametrize("t,n,d", [(1, 1, 1), (5, 7, 4), (3, 40, 9)])
+def test_matches_numpy_formula_float64(x64, kernel, t, n, d):
+  q_TxD, k_NxD = _inputs(t * 100 + n + d, t, n, d)
+  s = SCALES[kernel]
+  a_TxN = _attention_weights(
+      jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel=kernel, kernel_scale=s
+  )
+  chex.assert_shape(a_TxN, (t, n))
+  assert a_TxN.dtype == jnp.float64
+  np.testing.assert_allclose(
+      a_TxN, numpy_attention_weights(q_TxD, k_NxD, kernel, s),
+      rtol=F64_RTOL, atol=F64_ATOL,
+  )
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+def test_matches_numpy_formula_float32(x32, kernel):
+  q_TxD, k_NxD = _inputs(1, 6, 30, 8)
+  s = SCALES[kernel]
+  a_TxN = _attention_weights(
+      jnp.asarray(q_TxD, jnp.float32), jnp.asarray(k_NxD, jnp.float32),
+      kernel=kernel, kernel_scale=s,
+  )
+  assert a_TxN.dtype == jnp.float32
+  # The reference sees the same float32-rounded inputs.
+  expected = numpy_attention_weights(
+      q_TxD.astype(np.float32), k_NxD.astype(np.float32), kernel, s
+  )
+  np.testing.assert_allclose(a_TxN, expected, rtol=F32_RTOL, atol=F32_ATOL)
+
+
+@pytest.mark.parametrize("kernel", ["exp", "rbf", "laplacian"])
+def test_unnormalised_kernels_carry_one_over_n(x64, kernel):
+  # Duplicating every key halves each weight: the 1/N factor, not a softmax.
+  q_TxD, k_NxD = _inputs(2)
+  s = SCALES[kernel]
+  a_TxN = _attention_weights(q_TxD, k_NxD, kernel=kernel, kernel_scale=s)
+  a_Tx2N = _attention_weights(
+      q_TxD, np.concatenate([k_NxD, k_NxD]), kernel=kernel, kernel_scale=s
+  )
+  np.testing.assert_allclose(a_Tx2N[:, : k_NxD.shape[0]], a_TxN / 2, rtol=F64_RTOL)
+  logits_TxN = _kernel_logits(q_TxD, k_NxD, kernel=kernel, kernel_scale=s)
+  np.testing.assert_allclose(
+      a_TxN, np.exp(logits_TxN) / k_NxD.shape[0], rtol=F64_RTOL
+  )
+
+
+def test_softmax_rows_sum_to_one_over_context_points(x64):
+  q_TxD, k_NxD = _inputs(3, 6, 50, 5)
+  # A large scale makes the rows peaked; they must still sum to 1, not N.
+  for s in (1e-3, 0.9, 30.0):
+    a_TxN = _attention_weights(q_TxD, k_NxD, kernel="softmax", kernel_scale=s)
+    np.testing.assert_allclose(np.sum(a_TxN, axis=-1), 1.0, rtol=F64_RTOL)
+    assert np.all(a_TxN >= 0)
+  # Shifting every key by c adds <x, c> to all logits of a row: unchanged.
+  shift_D = np.random.default_rng(0).normal(size=k_NxD.shape[1])
+  shifted = _attention_weights(
+      q_TxD, k_NxD + shift_D, kernel="softmax", kernel_scale=0.9
+  )
+  a_TxN = _attention_weights(q_TxD, k_NxD, kernel="softmax", kernel_scale=0.9)
+  np.testing.assert_allclose(shifted, a_TxN, rtol=F64_RTOL)
+
+
+def test_softmax_is_exp_kernel_renormalised(x64):
+  q_TxD, k_NxD = _inputs(4)
+  s = SCALES["exp"]
+  a_exp = _attention_weights(q_TxD, k_NxD, kernel="exp", kernel_scale=s)
+  a_soft = _attention_weights(q_TxD, k_NxD, kernel="softmax", kernel_scale=s)
+  np.testing.assert_allclose(
+      a_soft, a_exp / np.sum(a_exp, axis=-1, keepdims=True), rtol=F64_RTOL
+  )
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "laplacian"])
+def test_distance_kernels_peak_at_identical_points(x64, kernel):
+  _, k_NxD = _inputs(5, n=9, d=6)
+  k_NxD = k_NxD * 10.0  # large norms: the rbf expansion cancels heavily.
+  a_NxN = _attention_weights(
+      k_NxD, k_NxD, kernel=kernel, kernel_scale=SCALES[kernel]
+  )
+  n = k_NxD.shape[0]
+  # exp(-s * 0) / N: never above 1/N, even with cancellation in the rbf.
+  assert np.all(a_NxN <= 1.0 / n)
+  np.testing.assert_allclose(np.diag(a_NxN), 1.0 / n, rtol=F64_RTOL)
+
+
+def test_unknown_kernel_raises():
+  with pytest.raises(ValueError, match="kernel must be one of"):
+    kernels.attention_weights(np.ones((2, 3)), np.ones((4, 3)), kernel="cosine",
+                              kernel_scale=1.0)
+  with pytest.raises(ValueError, match="kernel must be one of"):
+    kernels.kernel_logits(np.ones((2, 3)), np.ones((4, 3)), kernel="linear",
+                          kernel_scale=1.0)
+
+
+class AttentionWeightsVariantsTest(chex.TestCase):
+  """jit and no-jit give the same weights (kernel_scale is traced under jit)."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_variants_agree_with_numpy(self):
+    q_TxD, k_NxD = _inputs(6, 4, 11, 3)
+    q_TxD, k_NxD = q_TxD.astype(np.float32), k_NxD.astype(np.float32)
+    for kernel in gdattn.KERNELS:
+      fn = self.variant(
+          functools.partial(kernels.attention_weights, kernel=kernel)
+      )
+      a_TxN = fn(q_TxD, k_NxD, kernel_scale=jnp.float32(SCALES[kernel]))
+      chex.assert_shape(a_TxN, (4, 11))
+      chex.assert_tree_all_finite(a_TxN)
+      np.testing.assert_allclose(
+          a_TxN, numpy_attention_weights(q_TxD, k_NxD, kernel, SCALES[kernel]),
+          rtol=F32_RTOL, atol=F32_ATOL,
+      )
