@@ -225,6 +225,7 @@ def plot_curves(
     workdir_or_records: str | Iterable[Mapping[str, Any]],
     path: str,
     metrics: Iterable[str] = ("nll", "accuracy"),
+    xlabel: str = "step",
 ) -> str:
   """Saves a PNG with one panel per metric, one line per (model, split)."""
   # Figure without pyplot: renders with Agg and never touches a display or
@@ -249,7 +250,7 @@ def plot_curves(
       steps, values = zip(*sorted(points))
       label = " ".join(p for p in (model, split) if p) or metric
       ax.plot(steps, values, label=label)
-    ax.set(xlabel="step", ylabel=metric, title=metric)
+    ax.set(xlabel=xlabel, ylabel=metric, title=metric)
     if lines:
       ax.legend()
   fig.savefig(path, dpi=100)

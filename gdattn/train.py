@@ -400,7 +400,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
   records = []
   for name in cfg.models:
     records += _mean_curves(io.read_metrics(os.path.join(workdir, name)))
-  io.plot_curves(records, os.path.join(workdir, "curves.png"))
+  io.plot_curves(records, os.path.join(workdir, "curves.png"), xlabel="epoch")
   return results
 
 
