@@ -28,15 +28,6 @@ N, T, M, H, P, V, C, E = 7, 3, 6, 2, 4, 5, 4, 3
 SCALES = {"linear": 0.5, "exp": 0.2, "rbf": 0.3, "laplacian": 0.2, "softmax": 0.6}
 
 
-@pytest.fixture
-def x64():
-  """Runs the test in float64 and restores the previous setting after it."""
-  before = jax.config.jax_enable_x64
-  with jax.enable_x64(True):
-    yield
-  assert jax.config.jax_enable_x64 == before
-
-
 def self_params(seed, num_heads=H):
   rng = np.random.default_rng(seed)
   return {

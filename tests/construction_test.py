@@ -50,22 +50,6 @@ SETTINGS = {
 }
 
 
-@pytest.fixture
-def x64():
-  """Runs the test in float64 and restores the previous setting after it."""
-  before = jax.config.jax_enable_x64
-  with jax.enable_x64(True):
-    yield
-  assert jax.config.jax_enable_x64 == before
-
-
-@pytest.fixture
-def x32():
-  """Runs the test with x64 off, so float32 stays float32 whatever the env."""
-  with jax.enable_x64(False):
-    yield
-
-
 def make_problem(kernel, num_steps, dtype, *, seed=0):
   """One context per kernel; K only truncates the shared learning rates."""
   (n, d, c, e, t), _ = SETTINGS[kernel]

@@ -36,15 +36,6 @@ _regression_trajectory = jax.jit(
 )
 
 
-@pytest.fixture
-def x64():
-  """Runs the test in float64 and restores the previous setting after it."""
-  before = jax.config.jax_enable_x64
-  with jax.enable_x64(True):
-    yield
-  assert jax.config.jax_enable_x64 == before
-
-
 def np_kernel(q_TxD, k_NxD, kernel, s):
   """SPEC section 2 attention weights in float64 numpy."""
   n = k_NxD.shape[0]

@@ -28,22 +28,6 @@ F32_ATOL = 1e-6
 SCALES = {"linear": 0.7, "exp": 0.3, "rbf": 0.4, "laplacian": 0.25, "softmax": 0.9}
 
 
-@pytest.fixture
-def x64():
-  """Runs the test in float64 and restores the previous setting after it."""
-  before = jax.config.jax_enable_x64
-  with jax.enable_x64(True):
-    yield
-  assert jax.config.jax_enable_x64 == before
-
-
-@pytest.fixture
-def x32():
-  """Runs the test with x64 off, so float32 stays float32 whatever the env."""
-  with jax.enable_x64(False):
-    yield
-
-
 # Jitted once per (kernel, shape, dtype): cheaper than eager op-by-op dispatch.
 # The without_jit path is covered by the chex variants below.
 _attention_weights = jax.jit(kernels.attention_weights, static_argnames="kernel")

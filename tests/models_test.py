@@ -16,13 +16,6 @@ EXACT_ATOL = 1e-10
 D, C, E = 10, 25, 5
 
 
-@pytest.fixture
-def x64():
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", False)
-
-
 def _batch(key, b=3, n=20, t=2, d=D, c=C, scale=1.0):
   k1, k2, k3 = jax.random.split(key, 3)
   return (scale * jax.random.normal(k1, (b, n, d)),
