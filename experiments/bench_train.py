@@ -1,0 +1,439 @@
+"""Training speed of the paper protocol: GD vs the Trained TF, depth, seeds.
+
+Run (from the repository root):
+
+    python -m experiments.bench_train            # ~5-8 min on 2 loaded CPU cores
+    python -m experiments.bench_train --quick    # ~1.5 min: K in {1, 2}, fewer epochs
+    python -m experiments.bench_train --diagnose # adds section 4 (~1 min more)
+    python -m experiments.bench_train --layers=2 --tf_layers= --seeds=1 --diagnose
+
+Configs: experiments/configs/synthetic.py `get_config("paper,layers=K")` (C=25,
+d=10, N=125, e=5, L=2048 fixed training contexts, batch 512: 4 updates per
+epoch), one member unless stated. Times are medians over --repeats calls of
+ahead-of-time compiled functions on the same inputs, compilation excluded and
+reported apart. Sections 1-2 time each entry's calls back to back (a light
+entry timed right after a heavy one runs slow), sections 3-4 round-robin
+(entries of similar cost, same drifting load). The machine is shared: read the
+ratios within a run, not absolute times across runs.
+
+It prints:
+  1. training: per model and K, s/epoch of `train.make_trainer(...).program.
+     run_epochs` over --gd_epochs / --tf_epochs epochs, epochs/s, compile time,
+     the full 5000-epoch run (compile + 5000 epochs; the summary's `+eval` adds
+     50 evaluations of 3 x 2048 contexts from section 2's forward times), and
+     the growth t(K)/t(K') (linear from K=2 on: t(4)/t(2) <= 2).
+  2. forward: `models.GD` (kernel matrix computed once, reused by every step)
+     vs the dense token-matrix forward of the same function
+     (`models.trained_tf_from_gd`, max |logit difference| printed), forward and
+     forward+backward of 512 contexts: ms and speed-up.
+  3. seeds: --seeds members vmapped in one compiled step vs one member:
+     time(S)/time(1), speed-up over S runs one after another, and max |param
+     difference| of member i vs a separate run with seed i after the epochs.
+  4. (--diagnose) the GD training step at K=--diagnose_layers as the library
+     computes it (lax.scan over the K steps, whole batch) vs (a) the gradient
+     accumulated over chunks of --chunk contexts (keeps the [N, N] kernel
+     intermediates in cache), (b) the K steps unrolled, the never-read last
+     context update skipped, and (a) + (b).
+  Then each target of the brief, "met" or "MISSED".
+"""
+
+import dataclasses
+import functools
+import os
+import statistics
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import gdattn
+from experiments.configs import synthetic as synthetic_configs
+from gdattn import config as config_lib
+from gdattn import metrics
+from gdattn import models
+from gdattn import train
+
+_LAYERS = flags.DEFINE_list("layers", ["1", "2", "4"], "Depths K (sections 1-2).")
+_TF_LAYERS = flags.DEFINE_list("tf_layers", None, "Trained TF depths; default --layers.")
+_GD_EPOCHS = flags.DEFINE_integer("gd_epochs", 10, "Epochs per timed GD call.")
+_TF_EPOCHS = flags.DEFINE_integer("tf_epochs", 1, "Epochs per timed Trained TF call.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median).")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Members of the vmapped run (section 3).")
+_SEEDS_LAYERS = flags.DEFINE_integer("seeds_layers", 1, "GD depth of section 3.")
+_BATCH = flags.DEFINE_integer("batch", 512, "Contexts per forward (section 2).")
+_DIAGNOSE = flags.DEFINE_bool("diagnose", False, "Section 4: GD step breakdown.")
+_DIAGNOSE_LAYERS = flags.DEFINE_integer("diagnose_layers", 2, "GD depth of section 4 (>= 2).")
+_CHUNK = flags.DEFINE_integer("chunk", 16, "Contexts per chunk in section 4.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "K in {1, 2} (Trained TF K=1), 4 GD epochs, 2 repeats.")
+
+FULL_EPOCHS = 5000   # the paper's protocol
+EVAL_EVERY = 100
+TARGET_GD_K1_S, TARGET_GD_K2_S = 120.0, 600.0
+TARGET_FORWARD_SPEEDUP, TARGET_SEEDS_RATIO = 3.0, 2.0
+# Member i of a vmapped run and a separate run do the same float32 arithmetic,
+# but XLA may order reductions differently when the member axis is present.
+MEMBER_TOL = 1e-5
+
+
+def paper_config(num_layers: int, model: str, num_seeds: int = 1,
+                 seed: int = 0) -> config_lib.ExperimentConfig:
+  c = synthetic_configs.get_config(f"paper,layers={num_layers}")
+  c.models = (model,)
+  c.num_seeds = num_seeds
+  c.seed = seed
+  c.train.progress = False
+  return config_lib.from_configdict(c)
+
+
+def _timed(fn, args):
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start, out
+
+
+def _schedule(names, repeats, interleave):
+  # Round-robin makes entries of similar cost see the same (drifting) load; a
+  # light entry timed right after a heavy one runs slow, so those go in blocks.
+  names = list(names)
+  return [n for _ in range(repeats) for n in names] if interleave else [
+      n for n in names for _ in range(repeats)]
+
+
+def _measure(calls, repeats, interleave):
+  """{name: (compiled, args)} -> ({name: median s}, {name: last output}); one
+  untimed warm-up call right before each entry's first timed one."""
+  times, outs = {name: [] for name in calls}, {}
+  for name in _schedule(calls, repeats, interleave):
+    fn, args = calls[name]
+    if name not in outs:
+      _timed(fn, args)
+    seconds, outs[name] = _timed(fn, args)
+    times[name].append(seconds)
+  return {name: statistics.median(t) for name, t in times.items()}, outs
+
+
+def _compile(jitted, args):
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class TrainTiming:
+  """One model's compiled `run_epochs` and its per-epoch times."""
+
+  model: str
+  layers: int
+  epochs: int
+  trainer: train.Trainer
+  compiled: object
+  compile_s: float
+  epoch_all_s: list = dataclasses.field(default_factory=list)
+
+  @property
+  def epoch_s(self):
+    return statistics.median(self.epoch_all_s)
+
+  def args(self, trainer=None):
+    t = trainer or self.trainer
+    return (t.params, t.opt_state, t.shuffle_keys, t.lr_S, t.data["train"],
+            jnp.arange(self.epochs))
+
+
+def prepare_training(cfg, model, datasets, epochs) -> TrainTiming:
+  trainer = train.make_trainer(cfg, model, datasets)
+  timing = TrainTiming(model, cfg.model.num_layers, epochs, trainer, None, 0.0)
+  timing.compiled, timing.compile_s = _compile(trainer.program.run_epochs, timing.args())
+  return timing
+
+
+def time_training(timings, repeats, interleave):
+  """Calls from the same initial state, no warm-up (a Trained TF call takes
+  seconds); returns the last output of each entry."""
+  outs = {}
+  for i in _schedule(range(len(timings)), repeats, interleave):
+    t = timings[i]
+    seconds, outs[i] = _timed(t.compiled, t.args())
+    if not np.all(np.isfinite(np.asarray(outs[i][2]))):
+      raise FloatingPointError(f"{t.model} K={t.layers}: non-finite training loss")
+    t.epoch_all_s.append(seconds / t.epochs)
+  return [outs[i] for i in range(len(timings))]
+
+
+def section_training(layers, tf_layers, datasets, gd_epochs, tf_epochs, repeats):
+  print(f"\n1. Training (run_epochs, one member, median of {repeats} consecutive calls;"
+        " compile excluded)")
+  header = (f"{'model':<10} {'K':>2} {'params':>6} {'epochs':>6} {'s/epoch':>8}"
+            f" {'(min-max)':>15} {'epochs/s':>8} {'compile s':>9} {'full run':>9}")
+  print(header)
+  print("-" * len(header))
+  timings = {}
+  for model, ks, epochs in (("gd", layers, gd_epochs), ("trained_tf", tf_layers, tf_epochs)):
+    entries = [prepare_training(paper_config(k, model), model, datasets, epochs) for k in ks]
+    time_training(entries, repeats, interleave=False)
+    for t in entries:
+      timings[model, t.layers] = t
+      full = t.compile_s + FULL_EPOCHS * t.epoch_s
+      print(f"{model:<10} {t.layers:>2} {t.trainer.num_params:>6} {epochs:>6}"
+            f" {t.epoch_s:>8.4f} {min(t.epoch_all_s):>7.4f}-{max(t.epoch_all_s):<7.4f}"
+            f" {1 / t.epoch_s:>8.2f} {t.compile_s:>9.1f} {_minutes(full):>9}", flush=True)
+  print(f"full run = compile + {FULL_EPOCHS} x s/epoch (training only; see the"
+        " summary for +eval)")
+  for model in ("gd", "trained_tf"):
+    ks = sorted(k for m, k in timings if m == model)
+    for k0, k1 in zip(ks, ks[1:]):
+      ratio = timings[model, k1].epoch_s / timings[model, k0].epoch_s
+      note = ("  (K=1 needs only the query row of the kernel, K>=2 the full N x N)"
+              if model == "gd" and k0 == 1 else "")
+      print(f"growth {model:<10} t(K={k1})/t(K={k0}) = {ratio:5.2f}"
+            f"   (linear: {k1 / k0:.2f}){note}")
+  return timings
+
+
+def _minutes(seconds):
+  return f"{seconds / 60:.1f} min"
+
+
+def section_forward(layers, datasets, batch_size, repeats):
+  print(f"\n2. Forward: structured GD vs dense TrainedTF of the same function"
+        f" (B={batch_size}, warm-up + median of {repeats})")
+  header = (f"{'K':>2} {'GD fwd ms':>10} {'TF fwd ms':>10} {'speed-up':>8}"
+            f" {'GD f+b ms':>10} {'TF f+b ms':>10} {'speed-up':>8} {'max|dlogit|':>12}")
+  print(header)
+  print("-" * len(header))
+  batch = jax.tree.map(lambda a: a[:batch_size], datasets["train"])
+  input_dim = batch.x_ctx.shape[-1]
+  rows = {}
+  for k in layers:
+    cfg = paper_config(k, "gd")
+    # O(1) parameters so that the logits (and the equality check) are not ~0.
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=0.5))
+    gd_model = train.make_model(cfg, "gd", input_dim, nnx.Rngs(k))
+    tf_model = models.trained_tf_from_gd(gd_model, input_dim)
+    calls = {}
+    for name, model in (("gd", gd_model), ("tf", tf_model)):
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+      def forward(params, batch, graphdef=graphdef, rest=rest):
+        return nnx.merge(graphdef, params, rest)(batch.x_ctx, batch.y_ctx, batch.x_query)
+
+      def loss(params, batch, forward=forward):
+        return metrics.nll(forward(params, batch), batch.y_query)
+
+      for kind, fn in (("fwd", forward), ("fwd_bwd", jax.value_and_grad(loss))):
+        calls[name, kind] = (_compile(jax.jit(fn), (params, batch))[0], (params, batch))
+    row, outs = _measure(calls, repeats, interleave=False)
+    row["dlogit"] = float(jnp.max(jnp.abs(outs["gd", "fwd"] - outs["tf", "fwd"])))
+    rows[k] = row
+    print(f"{k:>2} {row['gd', 'fwd'] * 1e3:>10.2f} {row['tf', 'fwd'] * 1e3:>10.2f}"
+          f" {row['tf', 'fwd'] / row['gd', 'fwd']:>7.1f}x"
+          f" {row['gd', 'fwd_bwd'] * 1e3:>10.2f} {row['tf', 'fwd_bwd'] * 1e3:>10.2f}"
+          f" {row['tf', 'fwd_bwd'] / row['gd', 'fwd_bwd']:>7.1f}x {row['dlogit']:>12.2e}",
+          flush=True)
+  return rows
+
+
+def section_seeds(num_layers, num_seeds, datasets, epochs, repeats, timings):
+  print(f"\n3. Vmapped seeds: GD K={num_layers}, {num_seeds} members in one compiled"
+        f" step vs 1 member ({epochs} epochs per call, interleaved, median of {repeats})")
+  one = timings.get(("gd", num_layers))
+  if one is None or one.epochs != epochs:
+    one = prepare_training(paper_config(num_layers, "gd"), "gd", datasets, epochs)
+  one = dataclasses.replace(one, epoch_all_s=[])
+  together = prepare_training(paper_config(num_layers, "gd", num_seeds=num_seeds), "gd",
+                              datasets, epochs)
+  _, out_s = time_training([one, together], repeats, interleave=True)
+  t1, ts = one.epoch_s, together.epoch_s
+  print(f"s/epoch: 1 member {t1:.4f}, {num_seeds} members {ts:.4f};"
+        f" compile {one.compile_s:.1f} s vs {together.compile_s:.1f} s")
+  print(f"time({num_seeds} together) / time(1) = {ts / t1:.2f}")
+  print(f"speed-up over {num_seeds} runs one after another"
+        f" = {num_seeds} x time(1) / time({num_seeds} together) = {num_seeds * t1 / ts:.2f}x")
+
+  # Member i vs a separate run with seed i. `_build_program` closes over the
+  # model structure and optimiser, not the seed: reuse the one-member
+  # executable when the lowered programs are identical (compiling 5 copies
+  # would cost minutes), else compile the separate run's own.
+  params_s = out_s[0]
+  reference_text = one.trainer.program.run_epochs.lower(*one.args()).as_text()
+  diffs, reused = [], 0
+  for i in range(num_seeds):
+    cfg_i = paper_config(num_layers, "gd", seed=i)
+    trainer_i = train.make_trainer(cfg_i, "gd", datasets)
+    args_i = one.args(trainer_i)
+    lowered = trainer_i.program.run_epochs.lower(*args_i)
+    same = lowered.as_text() == reference_text
+    reused += same
+    params_i = (one.compiled if same else lowered.compile())(*args_i)[0]
+    diffs.append(max(float(jnp.max(jnp.abs(a[i] - b[0])))
+                     for a, b in zip(jax.tree.leaves(params_s), jax.tree.leaves(params_i))))
+  print("max |param(member i) - param(separate run, seed i)| after the timed epochs:"
+        f" {' '.join(f'{d:.1e}' for d in diffs)} (same program as seed 0's:"
+        f" {reused}/{num_seeds}, its executable reused)")
+  return {"t1": t1, "ts": ts, "max_diff": max(diffs)}
+
+
+def unrolled_gd_logits(gd_model: models.GD, x_ctx, y_ctx, x_query) -> jax.Array:
+  """models.GD's logits with the K steps unrolled and the last context update
+  (never read) skipped: the change section 4 measures for gd.functional_gd_trajectory."""
+  w_e_CxE, lrs_KxE = gd_model.embeddings(), gd_model.lrs[...]
+  weights = functools.partial(gdattn.attention_weights, kernel=gd_model.kernel,
+                              kernel_scale=gd_model.kernel_scale[...])
+  num_steps = lrs_KxE.shape[0]
+
+  def one(x_NxD, y_N, q_TxD):
+    target_NxE = w_e_CxE[y_N]
+    a_query_TxN, a_ctx_NxN = weights(q_TxD, x_NxD), weights(x_NxD, x_NxD)
+    f_ctx_NxE = jnp.zeros_like(target_NxE)
+    f_query_TxE = jnp.zeros((q_TxD.shape[0], target_NxE.shape[1]), target_NxE.dtype)
+    for k in range(num_steps):
+      update_NxE = lrs_KxE[k] * (target_NxE - gdattn.expected_embedding(f_ctx_NxE, w_e_CxE))
+      f_query_TxE = f_query_TxE + a_query_TxN @ update_NxE
+      if k + 1 < num_steps:
+        f_ctx_NxE = f_ctx_NxE + a_ctx_NxN @ update_NxE
+    return f_query_TxE
+
+  return jax.vmap(one)(x_ctx, y_ctx, x_query) @ w_e_CxE.T
+
+
+def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
+  print(f"\n4. Diagnosis: GD K={num_layers} training step (value_and_grad of the NLL,"
+        f" B={batch_size}, warm-up + median of {repeats} interleaved rounds)")
+  cfg = paper_config(num_layers, "gd")
+  cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=0.5))
+  batch = jax.tree.map(lambda a: a[:batch_size], datasets["train"])
+  model = train.make_model(cfg, "gd", batch.x_ctx.shape[-1], nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss_sum_fn(unrolled):
+    def loss_sum(params, batch):
+      m = nnx.merge(graphdef, params, rest)
+      args = (batch.x_ctx, batch.y_ctx, batch.x_query)
+      logits = unrolled_gd_logits(m, *args) if unrolled else m(*args)
+      return metrics.nll(logits, batch.y_query) * batch.y_query.shape[0]
+    return loss_sum
+
+  def whole(loss_sum):  # what train.py's step does for one member
+    def step(params, batch):
+      total = jax.value_and_grad(loss_sum)(params, batch)
+      return jax.tree.map(lambda x: x / batch_size, total)
+    return step
+
+  def chunked(loss_sum):  # the same gradient, accumulated over context chunks
+    def step(params, batch):
+      chunks = jax.tree.map(
+          lambda a: a.reshape((batch_size // chunk, chunk) + a.shape[1:]), batch)
+
+      def body(acc, c):
+        return jax.tree.map(jnp.add, acc, jax.value_and_grad(loss_sum)(params, c)), None
+
+      zero = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), params))
+      total, _ = jax.lax.scan(body, zero, chunks)
+      return jax.tree.map(lambda x: x / batch_size, total)
+    return step
+
+  variants = {
+      "library (scan), whole batch": whole(loss_sum_fn(False)),
+      f"library (scan), chunks of {chunk}": chunked(loss_sum_fn(False)),
+      "unrolled, whole batch": whole(loss_sum_fn(True)),
+      f"unrolled, chunks of {chunk}": chunked(loss_sum_fn(True)),
+  }
+  calls = {name: (_compile(jax.jit(f), (params, batch))[0], (params, batch))
+           for name, f in variants.items()}
+  times, outs = _measure(calls, repeats, interleave=True)
+  base = next(iter(calls))
+  cost = calls[base][0].cost_analysis()
+  t_base = times[base]
+  print(f"XLA cost analysis of the library step: {cost.get('flops', 0) / 1e9:.2f} GFLOP,"
+        f" {cost.get('bytes accessed', 0) / 1e9:.2f} GB accessed (loop bodies counted once)")
+  for name, t in times.items():
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(outs[base]), jax.tree.leaves(outs[name])))
+    print(f"  {name:<30} {t * 1e3:8.1f} ms  {t_base / t:5.2f}x   max |d loss, d grad| {diff:.1e}")
+  best = min(times.values())
+  trained = timings.get(("gd", num_layers))
+  if trained is not None:  # assumes the epoch time scales with the step time
+    full = trained.compile_s + FULL_EPOCHS * trained.epoch_s * best / t_base
+    print(f"  => section 1's full run scaled by the best speed-up: {_minutes(full)}")
+
+
+def summary(timings, forward, seeds):
+  print("\nTargets")
+
+  def line(ok, text):
+    print(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+  evals = FULL_EPOCHS // EVAL_EVERY * 3 * -(-2048 // _BATCH.value)  # forwards of B
+  for (model, k), t in timings.items():
+    train_s = t.compile_s + FULL_EPOCHS * t.epoch_s
+    text = f"{model} K={k}: full {FULL_EPOCHS}-epoch run {_minutes(train_s)} incl. compile"
+    if k in forward:
+      key = "gd" if model == "gd" else "tf"
+      text += f", {_minutes(train_s + evals * forward[k][key, 'fwd'])} +eval"
+    target = {("gd", 1): TARGET_GD_K1_S, ("gd", 2): TARGET_GD_K2_S}.get((model, k))
+    if target is None:
+      print(f"  [info] {text}")
+    else:
+      line(train_s < target, f"{text} (target < {_minutes(target)})")
+  for model in ("gd", "trained_tf"):
+    if (model, 2) in timings and (model, 4) in timings:
+      ratio = timings[model, 4].epoch_s / timings[model, 2].epoch_s
+      line(ratio <= 2.0, f"{model}: t(K=4)/t(K=2) = {ratio:.2f} (target <= 2, linear)")
+  for kind, label in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
+    speedups = {k: r["tf", kind] / r["gd", kind] for k, r in forward.items()}
+    worst = min(speedups, key=speedups.get)
+    line(speedups[worst] >= TARGET_FORWARD_SPEEDUP,
+         f"structured GD {label} speed-up >= {TARGET_FORWARD_SPEEDUP:.0f}x: min"
+         f" {speedups[worst]:.1f}x (K={worst})")
+  if seeds:
+    n = _SEEDS.value
+    line(seeds["ts"] / seeds["t1"] < TARGET_SEEDS_RATIO,
+         f"time({n} seeds together)/time(1) = {seeds['ts'] / seeds['t1']:.2f}"
+         f" (target < {TARGET_SEEDS_RATIO:.0f}); speed-up over sequential"
+         f" {n * seeds['t1'] / seeds['ts']:.2f}x")
+    line(seeds["max_diff"] <= MEMBER_TOL,
+         f"member i == separate seed-i run: max |param diff| {seeds['max_diff']:.1e}"
+         f" (tolerance {MEMBER_TOL:.0e})")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  start = time.perf_counter()
+  quick = _QUICK.value
+  if _DIAGNOSE.value and (_BATCH.value % _CHUNK.value or _DIAGNOSE_LAYERS.value < 2):
+    raise app.UsageError("--chunk must divide --batch, and --diagnose_layers be >= 2")
+  layers = [1, 2] if quick else [int(k) for k in _LAYERS.value]
+  tf_layers = ([1] if quick else layers if _TF_LAYERS.value is None
+               else [int(k) for k in _TF_LAYERS.value])
+  repeats = 2 if quick else _REPEATS.value
+  gd_epochs = 4 if quick else _GD_EPOCHS.value
+  print(f"bench_train: jax {jax.__version__}, {jax.devices()[0].platform} x"
+        f" {len(jax.devices())}, {os.cpu_count()} CPUs, load average"
+        f" {os.getloadavg()[0]:.1f}; config synthetic.py:paper (C=25, d=10, N=125,"
+        " e=5, L=2048, batch 512)")
+  t0 = time.perf_counter()
+  datasets = jax.block_until_ready(train.make_datasets(paper_config(1, "gd").data))
+  print(f"data sets drawn in {time.perf_counter() - t0:.1f} s")
+
+  timings = section_training(layers, tf_layers, datasets, gd_epochs, _TF_EPOCHS.value,
+                             repeats)
+  forward = section_forward(layers, datasets, _BATCH.value, repeats)
+  seeds = section_seeds(_SEEDS_LAYERS.value, _SEEDS.value, datasets, gd_epochs,
+                        repeats, timings) if _SEEDS.value > 1 else None
+  if _DIAGNOSE.value:
+    section_diagnose(_DIAGNOSE_LAYERS.value, datasets, _BATCH.value, _CHUNK.value,
+                     repeats, timings)
+  summary(timings, forward, seeds)
+  print(f"\ntotal benchmark wall time {time.perf_counter() - start:.0f} s,"
+        f" load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
