@@ -69,6 +69,7 @@ class TrainConfig:
   num_epochs: int = 5000
   eval_every: int = 100             # epochs; also the checkpoint interval
   patience: int | None = None       # evals without val-NLL gain before stopping
+  microbatch_size: int | None = 16  # gradient accumulation chunk; None = whole batch
   eval_batch_size: int = 512        # contexts per eval chunk (memory bound)
   progress: bool = True
 
@@ -196,3 +197,7 @@ def validate(cfg: ExperimentConfig) -> None:
   _require(t.patience is None or t.patience >= 1, "train.patience", "None or >= 1",
            t.patience)
   _require(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
+  _require(t.microbatch_size is None or (
+      t.microbatch_size >= 1 and t.batch_size % t.microbatch_size == 0),
+           "train.microbatch_size", f"None or a divisor of batch_size={t.batch_size}",
+           t.microbatch_size)

@@ -110,7 +110,9 @@ def categorical_gd_trajectory(
   # One float dtype for everything, so the scan carry has a single type.
   dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
   w_e_CxE, lrs_KxE = jnp.asarray(w_e, dtype), jnp.asarray(lrs, dtype)
-  target_NxE = w_e_CxE[jnp.asarray(y_ctx)]
+  # A one-hot product rather than a gather: exact, and its gradient w.r.t. w_e
+  # is a matmul rather than a serial scatter-add.
+  target_NxE = jax.nn.one_hot(jnp.asarray(y_ctx), w_e_CxE.shape[0], dtype=dtype) @ w_e_CxE
   a_query_TxN, a_ctx_NxN = _kernel_matrices(
       jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype), num_steps, kernel,
       kernel_scale)

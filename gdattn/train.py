@@ -118,8 +118,10 @@ class _Program:
   evaluate: Any
 
 
-def _build_program(graphdef, rest, tx, mesh, batch_size, eval_batch_size):
+def _build_program(graphdef, rest, tx, mesh, batch_size, eval_batch_size,
+                   microbatch_size):
   shard_batch = NamedSharding(mesh, P(None, "data"))  # [S, B, ...]: B split
+  num_micro = batch_size // microbatch_size
 
   def forward(params, batch):
     model = nnx.merge(graphdef, nnx.State(params), rest)
@@ -128,11 +130,28 @@ def _build_program(graphdef, rest, tx, mesh, batch_size, eval_batch_size):
   def loss_fn(params, batch):
     return metrics.nll(forward(params, batch), batch.y_query)
 
+  def micro_grads(params, idx_SxB, data):
+    # Mean loss and gradient over the batch, accumulated over microbatches
+    # so that the [N, N] intermediates of a few contexts stay in cache (2-3x
+    # faster on CPU; equal to the one-shot gradient up to summation order).
+    # Context b = i * num_micro + j goes to microbatch j: each microbatch is
+    # spread over the devices the same way as the whole batch.
+    idx_JxSxI = jnp.moveaxis(
+        idx_SxB.reshape(idx_SxB.shape[0], microbatch_size, num_micro), 2, 0)
+    grad_fn = jax.vmap(jax.value_and_grad(loss_fn))
+
+    def accumulate(total, idx_SxI):
+      batch = jax.tree.map(lambda a: a[idx_SxI], data)
+      batch = jax.lax.with_sharding_constraint(batch, shard_batch)
+      return jax.tree.map(jnp.add, total, grad_fn(params, batch)), None
+
+    zeros = (jnp.zeros(idx_SxB.shape[0]), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(accumulate, zeros, idx_JxSxI)
+    return jax.tree.map(lambda t: t / num_micro, total)
+
   def train_step(carry, idx_SxB, data, lr_S):
     params, opt_state = carry
-    batch = jax.tree.map(lambda a: a[idx_SxB], data)
-    batch = jax.lax.with_sharding_constraint(batch, shard_batch)
-    loss_S, grads = jax.vmap(jax.value_and_grad(loss_fn))(params, batch)
+    loss_S, grads = micro_grads(params, idx_SxB, data)
     updates, opt_state = jax.vmap(tx.update)(grads, opt_state, params)
     updates = jax.tree.map(
         lambda u: u * lr_S.reshape((-1,) + (1,) * (u.ndim - 1)).astype(u.dtype), updates)
@@ -220,10 +239,11 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
   members = _members(cfg, model_name)
   t = cfg.train
   devices = jax.devices()
-  if t.batch_size % len(devices):
+  micro = t.microbatch_size or t.batch_size
+  if micro % len(devices):
     raise ValueError(
-        f"config.train.batch_size must be divisible by the {len(devices)} devices"
-        f" (data parallel), got {t.batch_size}")
+        f"config.train.microbatch_size (or batch_size when it is None) must be"
+        f" divisible by the {len(devices)} devices (data parallel), got {micro}")
   mesh = jax.make_mesh((len(devices),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   input_dim = datasets["train"].x_ctx.shape[-1]
@@ -241,10 +261,14 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
   # separate run with that seed.
   keys = [jax.random.split(jax.random.key(seed)) for seed, _ in members]
   params, opt_state = jax.jit(jax.vmap(init_member))(jnp.stack([k[0] for k in keys]))
+  # Replicated from the start, as run_epochs returns them: else it compiles twice.
+  replicated = NamedSharding(mesh, P())
+  params, opt_state = jax.device_put((params, opt_state), replicated)
   return Trainer(
       members=members,
-      program=_build_program(graphdef, rest, tx, mesh, t.batch_size, t.eval_batch_size),
-      data=jax.device_put(datasets, NamedSharding(mesh, P())),
+      program=_build_program(graphdef, rest, tx, mesh, t.batch_size,
+                             t.eval_batch_size, t.microbatch_size or t.batch_size),
+      data=jax.device_put(datasets, replicated),
       shuffle_keys=jnp.stack([k[1] for k in keys]),
       lr_S=jnp.asarray([lr for _, lr in members], jnp.float32),
       params=params, opt_state=opt_state,
@@ -341,9 +365,17 @@ def _update_best(state, evals, epoch):
 
 
 def _progress(t, model_name, initial):
-  from tqdm.auto import tqdm  # only the loop needs it
+  if not t.progress:
+    return _NoProgress()
+  from tqdm.auto import tqdm  # only an interactive loop needs it
   return tqdm(total=t.num_epochs, initial=initial, desc=model_name, unit="epoch",
-              disable=not t.progress, dynamic_ncols=True)
+              dynamic_ncols=True)
+
+
+class _NoProgress:
+  def update(self, *_): pass
+  def set_postfix(self, **_): pass
+  def close(self): pass
 
 
 def _summarise(cfg, model_name, members, state, num_params, stopped_early, datasets):

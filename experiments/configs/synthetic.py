@@ -96,6 +96,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.train.num_epochs = 5000
   c.train.eval_every = 100
   c.train.patience = config_dict.placeholder(int)
+  c.train.microbatch_size = 16     # gradient accumulation: caches N x N work
   c.train.eval_batch_size = 512
   c.train.progress = True
 
