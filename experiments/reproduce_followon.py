@@ -38,6 +38,7 @@ per-K rates: --gd_lr=1e-3 at K=1).
 import dataclasses
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -150,8 +151,8 @@ def main(argv):
   tf_layers = [int(k) for k in _TF_LAYERS.value]
   amps = [float(a) for a in _AMPS.value]
   os.makedirs(_OUT.value, exist_ok=True)
-  out = {"command": "nice -n 10 .venv/bin/python -m experiments.reproduce_followon"
-                    + (" --quick" if quick else ""),
+  out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_followon"]
+                               + sys.argv[1:]),
          "settings": dict(layers=layers, tf_layers=tf_layers, epochs_k1=e1, epochs=ek,
                           tf_epochs=etf, eval_every=every, amplitudes=amps, gd_lr=_LR.value,
                           amp_layers=_AMP_LAYERS.value),

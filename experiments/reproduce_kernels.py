@@ -29,6 +29,7 @@ References: arXiv:2405.17248 (kernel comparison, 2-D decision boundaries).
 import dataclasses
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -152,8 +153,8 @@ def main(argv):
   eval_every = 10 if quick else _EVAL_EVERY.value
   seeds = 1 if quick else _SEEDS.value
   os.makedirs(_OUT.value, exist_ok=True)
-  out = {"command": "nice -n 10 .venv/bin/python -m experiments.reproduce_kernels"
-                    + (" --quick" if quick else ""),
+  out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_kernels"]
+                               + sys.argv[1:]),
          "settings": dict(epochs=epochs, eval_every=eval_every, seeds=seeds, gd_lr=_LR.value,
                           layers=_LAYERS.value, kernels=_KERNELS.value,
                           datasets=_DATASETS.value),

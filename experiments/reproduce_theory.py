@@ -51,6 +51,7 @@ References: arXiv:2405.17248 (GD construction, stationarity), arXiv:2212.07677.
 import functools
 import json
 import os
+import sys
 import time
 
 from absl import app
@@ -383,8 +384,8 @@ def main(argv):
   directions = 1 if quick else _DIRECTIONS.value
   align_n = 64 if quick else _ALIGN.value
   os.makedirs(_OUT.value, exist_ok=True)
-  out = {"command": "nice -n 10 .venv/bin/python -m experiments.reproduce_theory"
-                    + (" --quick" if quick else ""),
+  out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_theory"]
+                               + sys.argv[1:]),
          "settings": dict(gd_epochs=gd_epochs, grad_contexts=grad_contexts,
                           tf_epochs=tf_epochs, eval_every=every,
                           polish_steps=polish_steps, eps=eps_list,
