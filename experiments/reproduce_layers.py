@@ -209,7 +209,7 @@ def aggregate(records, xkey):
     acc, nll, bayes = (np.asarray(u) for u in zip(*units))
     rows.append({
         "protocol": protocol, "mode": mode, "model": model, "x": x, "K": k, "L": l,
-        "n": len(units), "acc_mean": acc.mean(), "acc_std": acc.std(),
+        "n": len(units), "acc_units": acc.tolist(), "acc_mean": acc.mean(), "acc_std": acc.std(),
         "nll_mean": nll.mean(), "nll_std": nll.std(),
         "rel_mean": (acc / bayes).mean(), "rel_std": (acc / bayes).std(),
         "bayes_mean": bayes.mean(), "bayes_std": bayes.std(),
@@ -292,8 +292,14 @@ def plot(rows, xkey, path, title):
       xs = xs * (1 + 0.02 * (i - len(groups) / 2))  # log axis: small dodge
     else:
       xs = xs + 0.04 * (i - len(groups) / 2)
+    marker = "D" if protocol == "paper" else "o" if mode == "draws" else "s"
+    if mode == "draws" and rs[0]["n"] > 1:  # each draw, faint
+      for x, r in zip(xs, rs):
+        xd = x * 0.97 if xkey == "L" else x - 0.1  # beside the error bar
+        ax.plot([xd] * r["n"], r["acc_units"], ls="none", marker=".", ms=3,
+                color=colors[model], alpha=0.35)
     ax.errorbar(xs, [r["acc_mean"] for r in rs], yerr=[r["acc_std"] for r in rs],
-                color=colors[model], ls=styles[mode], marker="o", ms=4, capsize=3,
+                color=colors[model], ls=styles[mode], marker=marker, ms=5, capsize=3,
                 label=f"{MODEL_LABEL[model]} {fixed}, {mode} (n={rs[0]['n']}), {protocol}")
   for model in colors:
     if not any(r["model"] == model for r in rows):
