@@ -6,7 +6,7 @@ Run (from the repository root):
 
 Expected wall time on the shared 2-core CPU: ~15 min with the defaults
 (measured 967 s, the first ~8 min of it sharing the CPU with a second copy).
-`--quick` (a few minutes, mostly compilation) is a smoke run. Writes experiments/results/followon.{json,md,png}
+`--quick` (~2 min, measured 123 s) is a smoke run. Writes experiments/results/followon.{json,md,png}
 (`--out_dir`).
 
 Claims tested (the follow-on to arXiv:2405.17248, SPEC section 4): attention-only

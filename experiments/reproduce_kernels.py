@@ -7,7 +7,7 @@ Run (from the repository root):
 Expected wall time on the shared 2-core CPU: ~17 min with the defaults (measured
 988 s: 5 kernels x {high_dim, random_grid} x 3 vmapped seeds, GD K=1, 1000 epochs;
 `--epochs=300 --eval_every=25` takes ~5 min and gives 0.01-0.03 less for rbf/laplacian).
-`--quick` (~3 min) is a smoke run. Writes experiments/results/kernels.{json,md,png}
+`--quick` (~1 min, measured 67 s) is a smoke run. Writes experiments/results/kernels.{json,md,png}
 and kernel_maps.png (`--out_dir`).
 
 Protocol: the paper's (C=25, e=5, N=125, L=2048 fixed training contexts,
