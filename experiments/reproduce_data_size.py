@@ -7,12 +7,16 @@ paper's K=2 optimisers, 5 draws and 5 vmapped seeds on data.seed=5):
     python -m experiments.reproduce_data_size --epochs=5000 --eval_every=100
 
 Out of reach on a 2-core CPU: an epoch has L/512 updates, so its cost grows
-linearly in L (GD K=2 ~0.4 s/epoch at L=2048, ~6 s at L=32768; the Trained TF
-~4x GD). Use a GPU. The cut-down run here (GD at K=1, where an epoch is ~15x
-cheaper; see experiments/results/data_size.md for what was cut and the times):
+linearly in L (GD K=2 ~0.15-0.4 s/epoch at L=2048 depending on load, 16x that
+at L=32768, i.e. hours per run at 5000 epochs; the Trained TF ~5-10x GD):
+days in all. Use a GPU. The cut-down run here (see
+experiments/results/data_size.md for what was cut and every wall time):
 
     python -m experiments.reproduce_data_size --models=gd --num_layers=1 \
-        --modes=draws --draws=0,1,2 --epochs=100 --eval_every=10 --gd_lr=1e-2
+        --modes=draws --draws=0,1,2 --epochs=100 --eval_every=10 --gd_lr=1e-2  # 8.3 min
+    python -m experiments.reproduce_data_size --models=gd --num_layers=2 \
+        --train_sizes=2048,4096,8192,16384,32768 --modes=draws --draws=0 \
+        --epochs=100 --eval_every=10 --gd_lr=1e-2                      # ~10 min
 
 Same modes, flags and outputs as experiments/reproduce_layers.py (see there):
 experiments/results/data_size.json (raw per-run numbers, merged as each run

@@ -5,19 +5,25 @@ optimisers from experiments/configs/synthetic.py `paper_optim`):
 
     python -m experiments.reproduce_layers --epochs=5000 --eval_every=100
 
-That is out of reach on a 2-core CPU except GD at K=1 (~0.03 s/epoch; GD K=2
-~0.4 s/epoch growing ~linearly in K; the Trained TF ~1.5-2 s/epoch at K=1).
-Rough full-protocol cost on 2 loaded CPU cores: GD ~3 min (K=1) and ~35 min
-(K=2) per run; 5 draws + 5 vmapped seeds over K = 1..6 is days. Use a GPU.
+Expected wall time of that on 2 CPU cores: GD K=1 with 5 vmapped seeds took
+558 s here; GD costs ~0.15-0.4 s/epoch at K=2 (load-dependent) growing ~linearly
+in K, i.e. ~0.5-2 h per K>=2 run, and the Trained TF ~1.2-4 s/epoch at K=1,
+i.e. 2-6 h per run: days in all. Run it on a GPU. Expected result (paper, one
+draw, 5 seeds): GD 0.702 0.718 0.729 0.731 0.728 0.727, TF 0.575 0.524 0.474
+0.480 0.481 0.483 (K = 1..6); over fresh draws expect GD lower on average by
+~0.05 (the paper's draw is an easy one; see experiments/results/layers.md).
 
-The cut-down actually run here (2026-11-30, see experiments/results/layers.md):
+The cut-down actually run (2026-11-30, ~75 min on 2 shared cores; results and
+what was cut in experiments/results/layers.md):
 
     python -m experiments.reproduce_layers --models=gd --layers=1,2,3,4 \
-        --modes=draws --epochs=200 --eval_every=20 --gd_lr=1e-2
+        --modes=draws --epochs=150 --eval_every=15 --gd_lr=1e-2        # 43 min
     python -m experiments.reproduce_layers --models=gd --layers=1 \
-        --modes=seeds --epochs=5000 --eval_every=100
+        --modes=seeds --epochs=150 --eval_every=15 --gd_lr=1e-2        # 47 s
+    python -m experiments.reproduce_layers --models=gd --layers=1 \
+        --modes=seeds --epochs=5000 --eval_every=100                   # 9.3 min
     python -m experiments.reproduce_layers --models=trained_tf --layers=1,2 \
-        --modes=draws --draws=0,1,2 --epochs=60 --eval_every=10
+        --modes=draws --draws=0,1,2 --epochs=60 --eval_every=10 --tf_lr=5e-3  # 15 min
 
 Two modes, reported separately:
   draws  one init seed (config seed 0) on each of --draws independent draws of
