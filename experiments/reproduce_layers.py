@@ -286,7 +286,7 @@ def plot(rows, xkey, path, title):
 
   fig, ax = plt.subplots(figsize=(7, 4.5))
   colors = {"gd": "tab:blue", "trained_tf": "tab:red"}
-  styles = {"draws": "-", "seeds": "--"}
+  styles = ["-", "--", "-.", ":"]  # one per curve; the marker gives the mode
   groups = {}
   for r in rows:
     fixed = f"L={r['L']}" if xkey == "K" else f"K={r['K']}"
@@ -298,6 +298,8 @@ def plot(rows, xkey, path, title):
       xs = xs * (1 + 0.02 * (i - len(groups) / 2))  # log axis: small dodge
     else:
       xs = xs + 0.04 * (i - len(groups) / 2)
+    ns = sorted({r["n"] for r in rs})
+    ns = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
     marker = "D" if protocol == "paper" else "o" if mode == "draws" else "s"
     if mode == "draws" and rs[0]["n"] > 1:  # each draw, faint
       for x, r in zip(xs, rs):
@@ -305,8 +307,9 @@ def plot(rows, xkey, path, title):
         ax.plot([xd] * r["n"], r["acc_units"], ls="none", marker=".", ms=3,
                 color=colors[model], alpha=0.35)
     ax.errorbar(xs, [r["acc_mean"] for r in rs], yerr=[r["acc_std"] for r in rs],
-                color=colors[model], ls=styles[mode], marker=marker, ms=5, capsize=3,
-                label=f"{MODEL_LABEL[model]} {fixed}, {mode} (n={rs[0]['n']}), {protocol}")
+                color=colors[model], ls=styles[i % len(styles)], marker=marker, ms=5,
+                capsize=3,
+                label=f"{MODEL_LABEL[model]} {fixed}, {mode} (n={ns}), {protocol}")
   for model in colors:
     if not any(r["model"] == model for r in rows):
       continue
