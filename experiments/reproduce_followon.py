@@ -49,6 +49,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs import synthetic as synthetic_configs
+from experiments import report
 from gdattn import config as config_lib
 from gdattn import gd
 from gdattn import train
@@ -255,22 +256,7 @@ def write_md(out, path):
       f"lambda={a}: high_dim {v['test']['bayes_max_prob']:.3f} / {v['test']['bayes_nll']:.3f},"
       f" mixture {v['test_mixture']['bayes_max_prob']:.3f} / {v['test_mixture']['bayes_nll']:.3f}"
       for a, v in out["bayes"].items())]
-  lines += ["", NOTES_START, _old_notes(path), NOTES_END]
-  with open(path, "w") as fh:
-    fh.write("\n".join(lines) + "\n")
-
-
-NOTES_START = "<!-- notes: hand-written, kept when the tables are regenerated -->"
-NOTES_END = "<!-- /notes -->"
-
-
-def _old_notes(path):
-  if not os.path.exists(path):
-    return "(no interpretation yet)"
-  text = open(path).read()
-  if NOTES_START not in text or NOTES_END not in text:
-    return "(no interpretation yet)"
-  return text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
+  report.write_markdown(path, lines)
 
 
 if __name__ == "__main__":

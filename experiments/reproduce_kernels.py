@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs import synthetic as synthetic_configs
+from experiments import report
 from gdattn import config as config_lib
 from gdattn import kernels
 from gdattn import train
@@ -278,22 +279,7 @@ def write_md(out, path):
     lines += ["", "Decision-map agreement with the true argmax class (fraction of the "
               f"{out['maps']['grid']}^2 grid): " + ", ".join(
                   f"{k} {v:.2f}" for k, v in out["maps"]["agreement_with_truth"].items())]
-  lines += ["", NOTES_START, _old_notes(path), NOTES_END]
-  with open(path, "w") as fh:
-    fh.write("\n".join(lines) + "\n")
-
-
-NOTES_START = "<!-- notes: hand-written, kept when the tables are regenerated -->"
-NOTES_END = "<!-- /notes -->"
-
-
-def _old_notes(path):
-  if not os.path.exists(path):
-    return "(no interpretation yet)"
-  text = open(path).read()
-  if NOTES_START not in text or NOTES_END not in text:
-    return "(no interpretation yet)"
-  return text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
+  report.write_markdown(path, lines)
 
 
 if __name__ == "__main__":

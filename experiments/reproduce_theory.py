@@ -64,6 +64,7 @@ from jax.flatten_util import ravel_pytree
 from flax import nnx
 
 from experiments.configs import synthetic as synthetic_configs
+from experiments import report
 from gdattn import config as config_lib
 from gdattn import metrics
 from gdattn import models
@@ -586,22 +587,7 @@ def write_md(out, path):
     for r in h:
       lines.append(f"| {r['epoch']} | " + " | ".join(
           "-" if r.get(c) is None else f"{r[c]:.4g}" for c in cols) + " |")
-  lines += ["", NOTES_START, _old_notes(path), NOTES_END]
-  with open(path, "w") as fh:
-    fh.write("\n".join(lines) + "\n")
-
-
-NOTES_START = "<!-- notes: hand-written, kept when the tables are regenerated -->"
-NOTES_END = "<!-- /notes -->"
-
-
-def _old_notes(path):
-  if not os.path.exists(path):
-    return "(no interpretation yet)"
-  text = open(path).read()
-  if NOTES_START not in text or NOTES_END not in text:
-    return "(no interpretation yet)"
-  return text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
+  report.write_markdown(path, lines)
 
 
 if __name__ == "__main__":
