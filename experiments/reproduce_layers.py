@@ -24,6 +24,8 @@ what was cut in experiments/results/layers.md):
         --modes=seeds --epochs=5000 --eval_every=100                   # 9.3 min
     python -m experiments.reproduce_layers --models=trained_tf --layers=1,2 \
         --modes=draws --draws=0,1,2 --epochs=60 --eval_every=10 --tf_lr=5e-3  # 15 min
+    python -m experiments.reproduce_layers --models=gd --layers=5,6 \
+        --modes=draws --draws=0,1 --epochs=150 --eval_every=15 --gd_lr=1e-2  # 7 min
 
 Two modes, reported separately:
   draws  one init seed (config seed 0) on each of --draws independent draws of
