@@ -85,6 +85,26 @@ def _kernel_matrices(x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale):
   return a_query_TxN, a_ctx_NxN
 
 
+def categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs):
+  """Validated inputs -> (x_ctx, x_query, lrs, residual_fn) in one float dtype.
+
+  residual_fn maps f at the context points [N, E] to w_{y_i} - E(x_i); shared
+  by the dense reference and the chunked long-context path.
+  """
+  # One float dtype for everything, so the scan carry has a single type.
+  dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
+  w_e_CxE = jnp.asarray(w_e, dtype)
+  # A one-hot product rather than a gather: exact, and its gradient w.r.t. w_e
+  # is a matmul rather than a serial scatter-add.
+  target_NxE = jax.nn.one_hot(jnp.asarray(y_ctx), w_e_CxE.shape[0], dtype=dtype) @ w_e_CxE
+
+  def residual_fn(f_NxE):
+    return target_NxE - expected_embedding(f_NxE, w_e_CxE)
+
+  return (jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype),
+          jnp.asarray(lrs, dtype), residual_fn)
+
+
 def categorical_gd_trajectory(
     x_ctx: ArrayLike,
     y_ctx: ArrayLike,
@@ -107,21 +127,11 @@ def categorical_gd_trajectory(
   *_, num_steps = checks.validate_gd_inputs(
       x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
   )
-  # One float dtype for everything, so the scan carry has a single type.
-  dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
-  w_e_CxE, lrs_KxE = jnp.asarray(w_e, dtype), jnp.asarray(lrs, dtype)
-  # A one-hot product rather than a gather: exact, and its gradient w.r.t. w_e
-  # is a matmul rather than a serial scatter-add.
-  target_NxE = jax.nn.one_hot(jnp.asarray(y_ctx), w_e_CxE.shape[0], dtype=dtype) @ w_e_CxE
+  x_ctx_NxD, x_query_TxD, lrs_KxE, residual_fn = categorical_setup(
+      x_ctx, y_ctx, x_query, w_e, lrs)
   a_query_TxN, a_ctx_NxN = _kernel_matrices(
-      jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype), num_steps, kernel,
-      kernel_scale)
-  f_KxTxE = functional_gd_trajectory(
-      a_query_TxN,
-      a_ctx_NxN,
-      lambda f_NxE: target_NxE - expected_embedding(f_NxE, w_e_CxE),
-      lrs_KxE,
-  )
+      x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale)
+  f_KxTxE = functional_gd_trajectory(a_query_TxN, a_ctx_NxN, residual_fn, lrs_KxE)
   return checks.check_output_finite(f_KxTxE, "categorical_gd", kernel)
 
 

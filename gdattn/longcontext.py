@@ -198,25 +198,23 @@ def categorical_gd_chunked(
       x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
   )
   chunk_size = _check_chunk_size(chunk_size)
-  dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
-  x_ctx_NxD = jnp.asarray(x_ctx, dtype)
-  x_query_TxD = jnp.asarray(x_query, dtype)
-  w_e_CxE, lrs_KxE = jnp.asarray(w_e, dtype), jnp.asarray(lrs, dtype)
-  target_NxE = w_e_CxE[jnp.asarray(y_ctx)]
+  x_ctx_NxD, x_query_TxD, lrs_KxE, residual_fn = gd.categorical_setup(
+      x_ctx, y_ctx, x_query, w_e, lrs)
   apply = lambda rows, u: kernel_apply_chunked(
       rows, x_ctx_NxD, u, kernel=kernel, kernel_scale=kernel_scale,
       chunk_size=chunk_size,
   )
 
   def update(f_ctx_NxE, lr_E):
-    return lr_E * (target_NxE - gd.expected_embedding(f_ctx_NxE, w_e_CxE))
+    return lr_E * residual_fn(f_ctx_NxE)
 
   def context_step(carry, lr_E):
     f_ctx_NxE, u_sum_NxE = carry
     u_NxE = update(f_ctx_NxE, lr_E)
     return (f_ctx_NxE + apply(x_ctx_NxD, u_NxE), u_sum_NxE + u_NxE), None
 
-  f_ctx_NxE = u_sum_NxE = jnp.zeros_like(target_NxE)
+  f_ctx_NxE = u_sum_NxE = jnp.zeros(
+      (x_ctx_NxD.shape[0], lrs_KxE.shape[1]), lrs_KxE.dtype)
   if num_steps > 1:
     # Steps 0..K-2 move f at the context points; the last step's update is
     # only ever read at the queries, so f_ctx is not advanced past step K-2.
