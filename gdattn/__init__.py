@@ -20,6 +20,7 @@ from gdattn.gd import expected_embedding
 from gdattn.gd import functional_gd_trajectory
 from gdattn.gd import regression_gd
 from gdattn.gd import regression_gd_trajectory
+from gdattn.kernels import attention_operator
 from gdattn.kernels import attention_weights
 from gdattn.kernels import KERNELS
 from gdattn.longcontext import categorical_gd_chunked

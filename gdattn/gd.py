@@ -13,7 +13,7 @@ context points only. The real-valued case replaces the residual by
 y_i - f_k(x_i). These are the references the attention stack must equal.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,66 +30,90 @@ def expected_embedding(f_NxE: ArrayLike, w_e_CxE: ArrayLike) -> jax.Array:
 
 
 def functional_gd_trajectory(
-    a_query_TxN: jax.Array,
-    a_ctx_NxN: jax.Array | None,
+    apply_query: Callable[[jax.Array], jax.Array],
+    apply_ctx: Callable[[jax.Array], jax.Array] | None,
     residual_fn: Callable[[jax.Array], jax.Array],
+    residual_0_NxE: jax.Array,
     lrs_KxE: jax.Array,
+    *,
+    trajectory: bool = True,
 ) -> jax.Array:
-  """Runs K functional-GD steps given precomputed attention weights.
+  """Runs K functional-GD steps given the attention as linear operators.
 
-  The engine shared by the categorical and real-valued references and by the
-  models: the kernel matrices are computed once and reused by every step.
+  The engine shared by the categorical and real-valued references, the
+  models and the long-context path: the kernel is set up once (by whoever
+  builds the operators) and applied by every step.
 
   Args:
-    a_query_TxN: a(x_query, x_i).
-    a_ctx_NxN: a(x_j, x_i) between context points; may be None when K = 1
-      (one step needs only the residual at f_0 = 0).
+    apply_query: u [N, F] -> sum_i a(x_query, x_i) u_i, [T, F], any F.
+    apply_ctx: u [N, E] -> sum_i a(x_j, x_i) u_i, [N, E]; may be None when
+      K = 1 (one step needs only the residual at f_0 = 0).
     residual_fn: f at the context points [N, E] -> residual [N, E].
+    residual_0_NxE: the residual at f_0 = 0 (for categorical GD, w_{y_i}
+      minus the mean class embedding: no class softmax needed).
     lrs_KxE: per-step diagonal learning rates.
+    trajectory: return f at the queries after every step, or only f_K.
 
   Returns:
-    [K + 1, T, E]: f at the queries after 0..K steps.
+    [K + 1, T, E]: f at the queries after 0..K steps; [T, E] f_K if not
+    `trajectory`.
   """
   num_steps, out_dim = lrs_KxE.shape
-  if a_ctx_NxN is None and num_steps > 1:
-    raise ValueError("a_ctx_NxN is needed for K > 1 steps")
-  dtype = jnp.result_type(a_query_TxN, lrs_KxE)
-  f_ctx_NxE = jnp.zeros((a_query_TxN.shape[1], out_dim), dtype)
+  if apply_ctx is None and num_steps > 1:
+    raise ValueError("apply_ctx is needed for K > 1 steps")
+  num_ctx = residual_0_NxE.shape[0]
 
   # f at the context points is only needed to form the residuals of steps
-  # 1..K-1, so the context recursion runs K-1 times; the query trajectory is
-  # then a cumulative sum of one batched product (queries are never keys).
+  # 1..K-1, so the context recursion runs K-1 times; the queries are never
+  # keys, so their trajectory is one product with the stacked updates.
   def step(f_ctx_NxE, lr_E):
     update_NxE = lr_E * residual_fn(f_ctx_NxE)
-    return f_ctx_NxE + a_ctx_NxN @ update_NxE, update_NxE
+    return f_ctx_NxE + apply_ctx(update_NxE), update_NxE
 
-  updates = []
+  updates = [(lrs_KxE[0] * residual_0_NxE)[None]]
   if num_steps > 1:
-    f_ctx_NxE, updates_KxNxE = jax.lax.scan(step, f_ctx_NxE, lrs_KxE[:-1])
-    updates.append(updates_KxNxE)
-  updates.append((lrs_KxE[-1] * residual_fn(f_ctx_NxE))[None])
+    f_ctx_NxE = apply_ctx(updates[0][0])
+    if num_steps > 2:
+      f_ctx_NxE, updates_KxNxE = jax.lax.scan(step, f_ctx_NxE, lrs_KxE[1:-1])
+      updates.append(updates_KxNxE)
+    updates.append((lrs_KxE[-1] * residual_fn(f_ctx_NxE))[None])
   updates_KxNxE = jnp.concatenate(updates, axis=0)
-  f_KxTxE = jnp.cumsum(jnp.einsum("tn,kne->kte", a_query_TxN, updates_KxNxE), axis=0)
+  if not trajectory:  # the update is linear in u: one product with the sum
+    return apply_query(jnp.sum(updates_KxNxE, axis=0))
+  stacked_NxKE = jnp.moveaxis(updates_KxNxE, 0, 1).reshape(num_ctx, num_steps * out_dim)
+  f_TxKxE = apply_query(stacked_NxKE).reshape(-1, num_steps, out_dim)
+  f_KxTxE = jnp.cumsum(jnp.moveaxis(f_TxKxE, 1, 0), axis=0)
   return jnp.concatenate([jnp.zeros_like(f_KxTxE[:1]), f_KxTxE], axis=0)
 
 
-def _kernel_matrices(x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale):
-  a_query_TxN = kernels.attention_weights(
-      x_query_TxD, x_ctx_NxD, kernel=kernel, kernel_scale=kernel_scale
-  )
-  a_ctx_NxN = None
+def kernel_operators(x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale):
+  """(apply_query, apply_ctx) for `functional_gd_trajectory`, dense kernels
+  computed once (apply_ctx is None at K = 1)."""
+  apply_query = kernels.attention_operator(
+      x_query_TxD, x_ctx_NxD, kernel=kernel, kernel_scale=kernel_scale)
+  apply_ctx = None
   if num_steps > 1:
-    a_ctx_NxN = kernels.attention_weights(
-        x_ctx_NxD, x_ctx_NxD, kernel=kernel, kernel_scale=kernel_scale
-    )
-  return a_query_TxN, a_ctx_NxN
+    apply_ctx = kernels.attention_operator(
+        x_ctx_NxD, x_ctx_NxD, kernel=kernel, kernel_scale=kernel_scale)
+  return apply_query, apply_ctx
 
 
-def categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs):
-  """Validated inputs -> (x_ctx, x_query, lrs, residual_fn) in one float dtype.
+class CategoricalProblem(NamedTuple):
+  """Validated categorical inputs in one float dtype (see categorical_setup)."""
 
-  residual_fn maps f at the context points [N, E] to w_{y_i} - E(x_i); shared
-  by the dense reference and the chunked long-context path.
+  x_ctx_NxD: jax.Array
+  x_query_TxD: jax.Array
+  lrs_KxE: jax.Array
+  residual_fn: Callable[[jax.Array], jax.Array]
+  residual_0_NxE: jax.Array
+
+
+def categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs) -> CategoricalProblem:
+  """Inputs -> CategoricalProblem, shared by the dense and chunked paths.
+
+  residual_fn maps f at the context points [N, E] to w_{y_i} - E(x_i);
+  residual_0 is its value at f_0 = 0, where the class softmax is uniform and
+  E is the mean class embedding.
   """
   # One float dtype for everything, so the scan carry has a single type.
   dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
@@ -101,8 +125,23 @@ def categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs):
   def residual_fn(f_NxE):
     return target_NxE - expected_embedding(f_NxE, w_e_CxE)
 
-  return (jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype),
-          jnp.asarray(lrs, dtype), residual_fn)
+  return CategoricalProblem(
+      jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype),
+      jnp.asarray(lrs, dtype), residual_fn,
+      target_NxE - jnp.mean(w_e_CxE, axis=0))
+
+
+def _categorical(x_ctx, y_ctx, x_query, w_e, lrs, kernel, kernel_scale, trajectory):
+  *_, num_steps = checks.validate_gd_inputs(
+      x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
+  )
+  p = categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs)
+  apply_query, apply_ctx = kernel_operators(
+      p.x_ctx_NxD, p.x_query_TxD, num_steps, kernel, kernel_scale)
+  f = functional_gd_trajectory(
+      apply_query, apply_ctx, p.residual_fn, p.residual_0_NxE, p.lrs_KxE,
+      trajectory=trajectory)
+  return checks.check_output_finite(f, "categorical_gd", kernel)
 
 
 def categorical_gd_trajectory(
@@ -124,15 +163,7 @@ def categorical_gd_trajectory(
 
   References: arXiv:2405.17248, section 3.
   """
-  *_, num_steps = checks.validate_gd_inputs(
-      x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
-  )
-  x_ctx_NxD, x_query_TxD, lrs_KxE, residual_fn = categorical_setup(
-      x_ctx, y_ctx, x_query, w_e, lrs)
-  a_query_TxN, a_ctx_NxN = _kernel_matrices(
-      x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale)
-  f_KxTxE = functional_gd_trajectory(a_query_TxN, a_ctx_NxN, residual_fn, lrs_KxE)
-  return checks.check_output_finite(f_KxTxE, "categorical_gd", kernel)
+  return _categorical(x_ctx, y_ctx, x_query, w_e, lrs, kernel, kernel_scale, True)
 
 
 def categorical_gd(
@@ -157,13 +188,12 @@ def categorical_gd(
     kernel_scale: s > 0.
 
   Returns:
-    [T, E] f_K at the queries; the logits are f @ w_e.T.
+    [T, E] f_K at the queries (the last entry of the trajectory, computed
+    with one product with the summed updates); the logits are f @ w_e.T.
 
   References: arXiv:2405.17248, section 3.
   """
-  return categorical_gd_trajectory(
-      x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
-  )[-1]
+  return _categorical(x_ctx, y_ctx, x_query, w_e, lrs, kernel, kernel_scale, False)
 
 
 def class_probabilities(f_TxE: ArrayLike, w_e: ArrayLike) -> jax.Array:
@@ -188,12 +218,11 @@ def regression_gd_trajectory(
   y_NxM = jnp.asarray(y_ctx, dtype)
   lrs = jnp.asarray(lrs, dtype)
   lrs_KxM = jnp.broadcast_to(lrs[:, None] if lrs.ndim == 1 else lrs, (num_steps, out_dim))
-  a_query_TxN, a_ctx_NxN = _kernel_matrices(
+  apply_query, apply_ctx = kernel_operators(
       jnp.asarray(x_ctx, dtype), jnp.asarray(x_query, dtype), num_steps, kernel,
       kernel_scale)
   f_KxTxM = functional_gd_trajectory(
-      a_query_TxN, a_ctx_NxN, lambda f_NxM: y_NxM - f_NxM, lrs_KxM
-  )
+      apply_query, apply_ctx, lambda f_NxM: y_NxM - f_NxM, y_NxM, lrs_KxM)
   return checks.check_output_finite(f_KxTxM, "regression_gd", kernel)
 
 

@@ -8,8 +8,12 @@ softmax kernel is normalised over the N context points. References:
 arXiv:2405.17248 (section 3), arXiv:2212.07677 (linear case).
 """
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 KERNELS = ("linear", "exp", "rbf", "laplacian", "softmax")
@@ -30,6 +34,17 @@ def _l1_dist(q_TxD: jax.Array, k_NxD: jax.Array) -> jax.Array:
   return jnp.sum(jnp.abs(q_TxD[:, None, :] - k_NxD[None, :, :]), axis=-1)
 
 
+def _kernel_base(q_TxD: jax.Array, k_NxD: jax.Array, kernel: str) -> jax.Array:
+  """phi with log k(x, x_i) = s * phi: the part of the logits without s."""
+  if kernel in ("exp", "softmax", "linear"):
+    return q_TxD @ k_NxD.T
+  if kernel == "rbf":
+    return -_sq_dist(q_TxD, k_NxD)
+  if kernel == "laplacian":
+    return -_l1_dist(q_TxD, k_NxD)
+  raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+
+
 def kernel_logits(
     q_TxD: ArrayLike, k_NxD: ArrayLike, *, kernel: str, kernel_scale: ArrayLike
 ) -> jax.Array:
@@ -48,17 +63,12 @@ def kernel_logits(
   Returns:
     [T, N] log-kernel values.
   """
-  q_TxD, k_NxD = jnp.asarray(q_TxD), jnp.asarray(k_NxD)
-  if kernel in ("exp", "softmax"):
-    return kernel_scale * (q_TxD @ k_NxD.T)
-  if kernel == "rbf":
-    return -kernel_scale * _sq_dist(q_TxD, k_NxD)
-  if kernel == "laplacian":
-    return -kernel_scale * _l1_dist(q_TxD, k_NxD)
-  raise ValueError(
-      f"kernel_logits: kernel must be one of ('exp', 'softmax', 'rbf',"
-      f" 'laplacian'), got {kernel!r}"
-  )
+  if kernel not in ("exp", "softmax", "rbf", "laplacian"):
+    raise ValueError(
+        f"kernel_logits: kernel must be one of ('exp', 'softmax', 'rbf',"
+        f" 'laplacian'), got {kernel!r}"
+    )
+  return kernel_scale * _kernel_base(jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel)
 
 
 def attention_weights(
@@ -85,17 +95,96 @@ def attention_weights(
 
   References: arXiv:2405.17248, section 3.
   """
-  q_TxD, k_NxD = jnp.asarray(q_TxD), jnp.asarray(k_NxD)
-  num_keys = k_NxD.shape[0]
-  if kernel == "linear":
-    return kernel_scale * (q_TxD @ k_NxD.T) / num_keys
+  base_TxN = _kernel_base(jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel)
+  return _weights_from_base(kernel, kernel_scale, base_TxN)
+
+
+def _weights_from_base(kernel, kernel_scale, base_TxN):
+  logits_TxN = kernel_scale * base_TxN
   if kernel == "softmax":
-    return jax.nn.softmax(
-        kernel_logits(q_TxD, k_NxD, kernel=kernel, kernel_scale=kernel_scale),
-        axis=-1,
-    )
-  if kernel in ("exp", "rbf", "laplacian"):
-    logits = kernel_logits(q_TxD, k_NxD, kernel=kernel, kernel_scale=kernel_scale)
-    return jnp.exp(logits) / num_keys
-  raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    return jax.nn.softmax(logits_TxN, axis=-1)
+  if kernel == "linear":
+    return logits_TxN / base_TxN.shape[-1]
+  return jnp.exp(logits_TxN) / base_TxN.shape[-1]
+
+
+def attention_operator(
+    q_TxD: ArrayLike, k_NxD: ArrayLike, *, kernel: str, kernel_scale: ArrayLike
+) -> Callable[[jax.Array], jax.Array]:
+  """The linear map u -> attention_weights(q, k) @ u, weights computed once.
+
+  What functional GD does with the kernel: every step applies the same
+  weights to a new [N, F] update. The returned function has the value of the
+  plain product, and a derivative that never forms an [T, N] tangent or
+  cotangent w.r.t. the kernel scale: for the exponential kernels
+
+      d/ds (A u) = (A o phi) u - rowsum(A o phi) * (A u)   (softmax)
+      d/ds (A u) = (A o phi) u                             (exp, rbf, laplacian)
+
+  with log k = s * phi, so reverse mode costs two [T, N] x [N, F] products
+  instead of the autodiff chain through the softmax. Derivatives w.r.t. q
+  and k (zero, hence skipped, when the inputs are data) and higher-order
+  derivatives are exact as well: the rule is itself differentiable.
+
+  Args:
+    q_TxD: query inputs (rows).
+    k_NxD: context inputs (keys).
+    kernel: one of KERNELS.
+    kernel_scale: s > 0 (scalar).
+
+  Returns:
+    apply(u [N, F]) -> [T, F].
+  """
+  base_TxN = _kernel_base(jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel)
+  if kernel == "linear":
+    # Linear in s: scaling after the product keeps s's derivative O(T F).
+    return lambda u_NxF: (base_TxN @ u_NxF) * kernel_scale / base_TxN.shape[-1]
+  weights_TxN = _weights_from_base(kernel, kernel_scale, base_TxN)
+  normalised = kernel == "softmax"
+  return lambda u_NxF: _apply_exponential(
+      normalised, kernel_scale, base_TxN, weights_TxN, u_NxF)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _apply_exponential(normalised, kernel_scale, base_TxN, weights_TxN, u_NxF):
+  """weights @ u, where weights = _weights_from_base(kernel, s, base) is
+  passed in (computed once per operator) and its tangent is rebuilt below from
+  those of s and base."""
+  del normalised, kernel_scale, base_TxN
+  return weights_TxN @ u_NxF
+
+
+def _is_zero(tangent) -> bool:
+  return isinstance(tangent, SymbolicZero)
+
+
+@functools.partial(_apply_exponential.defjvp, symbolic_zeros=True)
+def _apply_exponential_jvp(normalised, primals, tangents):
+  kernel_scale, base_TxN, weights_TxN, u_NxF = primals
+  d_scale, d_base, _, d_u = tangents  # the weights' own tangent is implied
+  out_TxF = weights_TxN @ u_NxF
+  terms = []
+  if not _is_zero(d_u):
+    terms.append(weights_TxN @ d_u)
+  if not _is_zero(d_base):
+    # Inputs that are differentiated: the [T, N] logit tangent is needed.
+    d_logits_TxN = kernel_scale * d_base
+    if not _is_zero(d_scale):
+      d_logits_TxN = d_logits_TxN + d_scale * base_TxN
+    d_weights_TxN = weights_TxN * d_logits_TxN
+    if normalised:
+      d_weights_TxN = d_weights_TxN - weights_TxN * jnp.sum(
+          d_weights_TxN, axis=-1, keepdims=True)
+    terms.append(d_weights_TxN @ u_NxF)
+  elif not _is_zero(d_scale):
+    # Only s moves: d weights = weights o base (minus the row mean of base
+    # under the weights for softmax), contracted with u without forming it.
+    weighted_base_TxN = weights_TxN * base_TxN
+    along_s_TxF = weighted_base_TxN @ u_NxF
+    if normalised:
+      along_s_TxF = along_s_TxF - jnp.sum(
+          weighted_base_TxN, axis=-1, keepdims=True) * out_TxF
+    terms.append(d_scale * along_s_TxF)
+  d_out_TxF = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out_TxF)
+  return out_TxF, d_out_TxF.astype(out_TxF.dtype)
 

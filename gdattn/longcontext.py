@@ -26,7 +26,8 @@ the queries are never keys and the update is linear in u, so
 
 one pass over the queries with the summed updates; and the context points need
 f only at steps 0..K-2. At K = 1 only the T query rows are computed (the
-residual at f_0 = 0 needs no kernel at all).
+residual at f_0 = 0 needs no kernel at all). Both are properties of
+`gd.functional_gd_trajectory`, which this path runs with tiled operators.
 
 Memory: O((N + T)(D + E) + N C + Q P) for the forward pass (N C for the class
 softmax of the residual; Q P D for the laplacian kernel, whose L1 distance
@@ -198,30 +199,14 @@ def categorical_gd_chunked(
       x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
   )
   chunk_size = _check_chunk_size(chunk_size)
-  x_ctx_NxD, x_query_TxD, lrs_KxE, residual_fn = gd.categorical_setup(
-      x_ctx, y_ctx, x_query, w_e, lrs)
-  apply = lambda rows, u: kernel_apply_chunked(
-      rows, x_ctx_NxD, u, kernel=kernel, kernel_scale=kernel_scale,
+  p = gd.categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs)
+  apply = lambda rows: lambda u: kernel_apply_chunked(
+      rows, p.x_ctx_NxD, u, kernel=kernel, kernel_scale=kernel_scale,
       chunk_size=chunk_size,
   )
-
-  def update(f_ctx_NxE, lr_E):
-    return lr_E * residual_fn(f_ctx_NxE)
-
-  def context_step(carry, lr_E):
-    f_ctx_NxE, u_sum_NxE = carry
-    u_NxE = update(f_ctx_NxE, lr_E)
-    return (f_ctx_NxE + apply(x_ctx_NxD, u_NxE), u_sum_NxE + u_NxE), None
-
-  f_ctx_NxE = u_sum_NxE = jnp.zeros(
-      (x_ctx_NxD.shape[0], lrs_KxE.shape[1]), lrs_KxE.dtype)
-  if num_steps > 1:
-    # Steps 0..K-2 move f at the context points; the last step's update is
-    # only ever read at the queries, so f_ctx is not advanced past step K-2.
-    # At K = 1 nothing runs here: f_0 = 0 needs no kernel, only the T rows.
-    (f_ctx_NxE, u_sum_NxE), _ = jax.lax.scan(
-        context_step, (f_ctx_NxE, u_sum_NxE), lrs_KxE[:-1]
-    )
-  u_sum_NxE = u_sum_NxE + update(f_ctx_NxE, lrs_KxE[-1])
-  f_query_TxE = apply(x_query_TxD, u_sum_NxE)
+  # The dense reference's engine with tiled operators: K - 1 passes over the
+  # context rows, one over the queries with the summed updates.
+  f_query_TxE = gd.functional_gd_trajectory(
+      apply(p.x_query_TxD), apply(p.x_ctx_NxD) if num_steps > 1 else None,
+      p.residual_fn, p.residual_0_NxE, p.lrs_KxE, trajectory=False)
   return checks.check_output_finite(f_query_TxE, "categorical_gd_chunked", kernel)

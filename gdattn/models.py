@@ -204,16 +204,15 @@ class GDMLP(nnx.Module):
 
     def one(x_NxD, y_N, q_TxD):
       target_NxE = w_e_CxE[y_N]
-      a_query_TxN = kernels.attention_weights(q_TxD, x_NxD, kernel=self.kernel, kernel_scale=s)
-      a_ctx_NxN = kernels.attention_weights(x_NxD, x_NxD, kernel=self.kernel, kernel_scale=s)
+      apply_query, apply_ctx = gd.kernel_operators(x_NxD, q_TxD, 2, self.kernel, s)
       f_ctx = jnp.zeros_like(target_NxE)
       f_query = jnp.zeros((q_TxD.shape[0], target_NxE.shape[1]), target_NxE.dtype)
       e_ctx = jnp.broadcast_to(jnp.mean(w_e_CxE, 0), target_NxE.shape)
       for k in range(lrs_KxE.shape[0]):  # K is small and static
         update_NxE = lrs_KxE[k] * (target_NxE - e_ctx)
-        f_query = f_query + a_query_TxN @ update_NxE
+        f_query = f_query + apply_query(update_NxE)
         if k + 1 < lrs_KxE.shape[0]:
-          f_ctx = f_ctx + a_ctx_NxN @ update_NxE
+          f_ctx = f_ctx + apply_ctx(update_NxE)
           e_ctx = self.mlp(k, jnp.concatenate([target_NxE, f_ctx], -1))
       return f_query
 

@@ -182,3 +182,82 @@ class AttentionWeightsVariantsTest(chex.TestCase):
           a_TxN, numpy_attention_weights(q_TxD, k_NxD, kernel, SCALES[kernel]),
           rtol=F32_RTOL, atol=F32_ATOL,
       )
+
+
+# --- attention_operator: the plain product's value and every derivative ------
+
+
+def _operator_and_plain(kernel):
+  """(s, q, k, u) -> sum(w * A u) through the operator and through the plain
+  product attention_weights(q, k) @ u (autodiff all the way)."""
+  w = np.random.default_rng(7).normal(size=(5, 3))
+
+  def through_operator(s, q_TxD, k_NxD, u_NxF):
+    apply = kernels.attention_operator(q_TxD, k_NxD, kernel=kernel, kernel_scale=s)
+    return jnp.sum(w * apply(u_NxF))
+
+  def through_plain(s, q_TxD, k_NxD, u_NxF):
+    a_TxN = kernels.attention_weights(q_TxD, k_NxD, kernel=kernel, kernel_scale=s)
+    return jnp.sum(w * (a_TxN @ u_NxF))
+
+  return through_operator, through_plain
+
+
+def _operator_args(seed=11):
+  q_TxD, k_NxD = _inputs(seed, 5, 7, 4)
+  u_NxF = np.random.default_rng(seed + 1).normal(size=(7, 3))
+  return q_TxD, k_NxD, u_NxF
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+def test_operator_value_equals_plain_product(x64, kernel):
+  q_TxD, k_NxD, u_NxF = _operator_args()
+  s = SCALES[kernel]
+  apply = jax.jit(lambda q, k, u: kernels.attention_operator(
+      q, k, kernel=kernel, kernel_scale=s)(u))
+  np.testing.assert_allclose(
+      apply(q_TxD, k_NxD, u_NxF),
+      numpy_attention_weights(q_TxD, k_NxD, kernel, s) @ u_NxF,
+      rtol=F64_RTOL, atol=F64_ATOL)
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+@pytest.mark.parametrize("argnums", [(0,), (0, 3), (0, 1, 2, 3), (1,), (3,)],
+                         ids=["s", "s,u", "all", "q", "u"])
+def test_operator_gradients_equal_autodiff_of_plain_product(x64, kernel, argnums):
+  # argnums (0,) and (0, 3) are the training case (x is data): the fused
+  # rule; (1,) and "all" take the path that forms the [T, N] logit tangent.
+  through_operator, through_plain = _operator_and_plain(kernel)
+  args = (jnp.float64(SCALES[kernel]),) + _operator_args()
+  got = jax.jit(jax.grad(through_operator, argnums))(*args)
+  want = jax.jit(jax.grad(through_plain, argnums))(*args)
+  chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+def test_operator_forward_mode_and_second_derivatives(x64, kernel):
+  through_operator, through_plain = _operator_and_plain(kernel)
+  s, *rest = (jnp.float64(SCALES[kernel]),) + _operator_args()
+  tangents = jax.tree.map(lambda a: jnp.ones_like(jnp.asarray(a)) * 0.3, (s, *rest))
+  for fn_pair in ((through_operator, through_plain),):
+    got, want = (jax.jvp(fn, (s, *rest), tangents) for fn in fn_pair)
+    chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
+  # d2/ds2 and the mixed d2/(ds du): the rule is itself differentiated.
+  for argnums in (0, (0, 3)):
+    got = jax.hessian(through_operator, argnums)(s, *rest)
+    want = jax.hessian(through_plain, argnums)(s, *rest)
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_operator_vmaps_over_contexts_and_scales(x64):
+  q_TxD, k_NxD, u_NxF = _operator_args()
+  qs, ks, us = (np.stack([a, 2 * a]) for a in (q_TxD, k_NxD, u_NxF))
+  scales = jnp.array([0.3, 0.6])
+
+  def loss(s, q, k, u):
+    return jnp.sum(kernels.attention_operator(
+        q, k, kernel="softmax", kernel_scale=s)(u) ** 2)
+
+  got = jax.vmap(jax.grad(loss))(scales, qs, ks, us)
+  want = [jax.grad(loss)(scales[i], qs[i], ks[i], us[i]) for i in range(2)]
+  np.testing.assert_allclose(got, want, rtol=1e-12)
