@@ -68,7 +68,7 @@ _SEEDS_LAYERS = flags.DEFINE_integer("seeds_layers", 1, "GD depth of section 3."
 _BATCH = flags.DEFINE_integer("batch", 512, "Contexts per forward (section 2).")
 _DIAGNOSE = flags.DEFINE_bool("diagnose", False, "Section 4: GD step breakdown.")
 _DIAGNOSE_LAYERS = flags.DEFINE_integer("diagnose_layers", 2, "GD depth of section 4 (>= 2).")
-_CHUNK = flags.DEFINE_integer("chunk", 16, "Contexts per chunk in section 4.")
+_CHUNK = flags.DEFINE_integer("chunk", 64, "Contexts per chunk in section 4.")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "K in {1, 2} (Trained TF K=1), 4 GD epochs, 2 repeats.")
 

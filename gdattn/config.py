@@ -69,7 +69,7 @@ class TrainConfig:
   num_epochs: int = 5000
   eval_every: int = 100             # epochs; also the checkpoint interval
   patience: int | None = None       # evals without val-NLL gain before stopping
-  microbatch_size: int | None = 16  # gradient accumulation chunk; None = whole batch
+  microbatch_size: int | None = 64  # gradient accumulation chunk; None = whole batch
   eval_batch_size: int = 512        # contexts per eval chunk (memory bound)
   progress: bool = True
 
