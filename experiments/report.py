@@ -21,8 +21,9 @@ def old_notes(path: str) -> str:
   return text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
 
 
-def write_markdown(path: str, lines: list[str]) -> None:
-  """Writes `lines` followed by the report's preserved hand-written notes."""
-  lines = lines + ["", NOTES_START, old_notes(path), NOTES_END]
+def write_markdown(path: str, lines: list[str], after: list[str] = ()) -> None:
+  """Writes `lines`, the report's preserved hand-written notes, then `after`."""
+  lines = lines + ["", NOTES_START, old_notes(path), NOTES_END] + (
+      [""] + list(after) if after else [])
   with open(path, "w") as fh:
     fh.write("\n".join(lines) + "\n")

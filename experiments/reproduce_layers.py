@@ -47,7 +47,6 @@ from everything in layers.json.
 import json
 import os
 import shlex
-import re
 import sys
 import time
 import types
@@ -56,6 +55,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+
+from experiments import report
 
 # The paper's numbers (SPEC section 5), test accuracy / NLL, mean over 5 seeds.
 PAPER_LAYERS = {
@@ -334,19 +335,6 @@ def plot(rows, xkey, path, title):
   plt.close(fig)
 
 
-NOTES_BEGIN = "<!-- notes: hand-written, kept when the tables are regenerated -->"
-NOTES_END = "<!-- /notes -->"
-
-
-def _kept_notes(path):
-  if not os.path.exists(path):
-    return "(no discussion yet)"
-  with open(path) as f:
-    m = re.search(re.escape(NOTES_BEGIN) + r"\n(.*?)\n" + re.escape(NOTES_END),
-                  f.read(), re.S)
-  return m.group(1) if m else "(no discussion yet)"
-
-
 def write_reports(results_dir, name, xkey, title, header_md):
   """Rewrites <name>.md and <name>.png from <name>.json (notes block kept)."""
   records = load_results(os.path.join(results_dir, f"{name}.json"))
@@ -355,8 +343,7 @@ def write_reports(results_dir, name, xkey, title, header_md):
   rows = aggregate(records, xkey)
   plot(rows, xkey, os.path.join(results_dir, f"{name}.png"), title)
   md_path = os.path.join(results_dir, f"{name}.md")
-  md = [f"# {title}", "", header_md.strip(), "", NOTES_BEGIN, _kept_notes(md_path),
-        NOTES_END, "",
+  after = [
         "## Summary (mean ± std; draws mode: over draws, seeds mode: over init seeds)",
         "", table(rows, xkey), "",
         "`diff` = ours - paper (test accuracy). `acc / Bayes` = test accuracy /"
@@ -366,10 +353,8 @@ def write_reports(results_dir, name, xkey, title, header_md):
         f"## Every run (raw numbers in `{name}.json`)", "",
         per_run_table(records, xkey), "",
         "Commands that produced these runs:", ""]
-  for cmd in sorted({r["command"] for r in records.values()}):
-    md.append(f"    {cmd}")
-  with open(md_path, "w") as f:
-    f.write("\n".join(md) + "\n")
+  after += [f"    {cmd}" for cmd in sorted({r["command"] for r in records.values()})]
+  report.write_markdown(md_path, [f"# {title}", "", header_md.strip()], after)
 
 
 def command_line():
