@@ -58,7 +58,7 @@ from gdattn import metrics
 from gdattn import models
 from gdattn import train
 
-_LAYERS = flags.DEFINE_list("layers", ["1", "2", "4"], "Depths K (sections 1-2).")
+_LAYERS = flags.DEFINE_list("layers", ["1", "2", "3", "4"], "Depths K (sections 1-2).")
 _TF_LAYERS = flags.DEFINE_list("tf_layers", None, "Trained TF depths; default --layers.")
 _GD_EPOCHS = flags.DEFINE_integer("gd_epochs", 10, "Epochs per timed GD call.")
 _TF_EPOCHS = flags.DEFINE_integer("tf_epochs", 1, "Epochs per timed Trained TF call.")
@@ -385,6 +385,11 @@ def summary(timings, forward, seeds):
     if (model, 2) in timings and (model, 4) in timings:
       ratio = timings[model, 4].epoch_s / timings[model, 2].epoch_s
       line(ratio <= 2.0, f"{model}: t(K=4)/t(K=2) = {ratio:.2f} (target <= 2, linear)")
+      ks = sorted(k for m, k in timings if m == model and k >= 2)
+      steps = [f"t(K={k1})-t(K={k0}) = {(timings[model, k1].epoch_s - timings[model, k0].epoch_s) / (k1 - k0):.3f} s/layer"
+               for k0, k1 in zip(ks, ks[1:])]
+      print(f"  [info] {model}: cost per added layer {', '.join(steps)}"
+            + (" (GD: K layers = K-1 context steps + the query step)" if model == "gd" else ""))
   for kind, label in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
     speedups = {k: r["tf", kind] / r["gd", kind] for k, r in forward.items()}
     worst = min(speedups, key=speedups.get)

@@ -140,17 +140,24 @@ def attention_operator(
     # Linear in s: scaling after the product keeps s's derivative O(T F).
     return lambda u_NxF: (base_TxN @ u_NxF) * kernel_scale / base_TxN.shape[-1]
   weights_TxN = _weights_from_base(kernel, kernel_scale, base_TxN)
+  # Only the derivative reads these (dead code, removed under jit, otherwise);
+  # built once here rather than at every application.
+  weighted_base_TxN = weights_TxN * base_TxN
+  weighted_base_sum_Tx1 = jnp.sum(weighted_base_TxN, axis=-1, keepdims=True)
   normalised = kernel == "softmax"
   return lambda u_NxF: _apply_exponential(
-      normalised, kernel_scale, base_TxN, weights_TxN, u_NxF)
+      normalised, kernel_scale, base_TxN, weights_TxN, weighted_base_TxN,
+      weighted_base_sum_Tx1, u_NxF)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _apply_exponential(normalised, kernel_scale, base_TxN, weights_TxN, u_NxF):
-  """weights @ u, where weights = _weights_from_base(kernel, s, base) is
-  passed in (computed once per operator) and its tangent is rebuilt below from
-  those of s and base."""
-  del normalised, kernel_scale, base_TxN
+def _apply_exponential(normalised, kernel_scale, base_TxN, weights_TxN,
+                       weighted_base_TxN, weighted_base_sum_Tx1, u_NxF):
+  """weights @ u. weights = _weights_from_base(kernel, s, base) and
+  weighted_base = weights o base (with its row sums) are passed in, computed
+  once per operator; their tangents are rebuilt below from those of s and
+  base."""
+  del normalised, kernel_scale, base_TxN, weighted_base_TxN, weighted_base_sum_Tx1
   return weights_TxN @ u_NxF
 
 
@@ -160,8 +167,9 @@ def _is_zero(tangent) -> bool:
 
 @functools.partial(_apply_exponential.defjvp, symbolic_zeros=True)
 def _apply_exponential_jvp(normalised, primals, tangents):
-  kernel_scale, base_TxN, weights_TxN, u_NxF = primals
-  d_scale, d_base, _, d_u = tangents  # the weights' own tangent is implied
+  (kernel_scale, base_TxN, weights_TxN, weighted_base_TxN, weighted_base_sum_Tx1,
+   u_NxF) = primals
+  d_scale, d_base, *_, d_u = tangents  # the weights' own tangents are implied
   out_TxF = weights_TxN @ u_NxF
   terms = []
   if not _is_zero(d_u):
@@ -179,11 +187,9 @@ def _apply_exponential_jvp(normalised, primals, tangents):
   elif not _is_zero(d_scale):
     # Only s moves: d weights = weights o base (minus the row mean of base
     # under the weights for softmax), contracted with u without forming it.
-    weighted_base_TxN = weights_TxN * base_TxN
     along_s_TxF = weighted_base_TxN @ u_NxF
     if normalised:
-      along_s_TxF = along_s_TxF - jnp.sum(
-          weighted_base_TxN, axis=-1, keepdims=True) * out_TxF
+      along_s_TxF = along_s_TxF - weighted_base_sum_Tx1 * out_TxF
     terms.append(d_scale * along_s_TxF)
   d_out_TxF = sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out_TxF)
   return out_TxF, d_out_TxF.astype(out_TxF.dtype)
