@@ -61,20 +61,27 @@ _EPOCHS_K1 = flags.DEFINE_integer("epochs_k1", 300, "Epochs at K=1 (GD, GDMLP)."
 _EPOCHS = flags.DEFINE_integer("epochs", 150, "Epochs at K>=2 (GD, GDMLP).")
 _LR = flags.DEFINE_float("gd_lr", 1e-2, "Adam learning rate of GD and GDMLP (paper 1e-3 / 5e-4).")
 _TF_EPOCHS = flags.DEFINE_integer("tf_epochs", 80, "Trained TF epochs.")
+_TF_LR = flags.DEFINE_float("tf_lr", None, "Trained TF learning rate (None: the paper's per-K optimiser).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 15, "Evaluation interval (epochs).")
 _AMPS = flags.DEFINE_list("amplitudes", ["2", "5"], "Extra lambdas (10 is the depth run).")
 _AMP_LAYERS = flags.DEFINE_integer("amp_layers", 2, "K of the amplitude sweep.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: a few epochs.")
+_MIXTURE_SCALE = flags.DEFINE_float(
+    "mixture_scale", 2.0, "Std of the mixture test set's component logits (larger:"
+    " each component concentrates on fewer classes, a stronger mismatch).")
+_NAME = flags.DEFINE_string("name", "followon", "Output basename under --out_dir.")
 
 SCALE_CONTEXTS = 512  # test contexts for the logit-scale statistics
 
 
-def make_config(model, layers, epochs, eval_every, amplitude=10.0, lr=None):
+def make_config(model, layers, epochs, eval_every, amplitude=10.0, lr=None,
+                mixture_scale=2.0):
   c = synthetic_configs.get_config(f"paper,layers={layers}")
   c.models = (model,)
   c.num_seeds = 1
   c.learning_rates = () if lr is None else (lr,)
   c.data.amplitude = amplitude
+  c.data.mixture_scale = mixture_scale
   c.train.num_epochs = epochs
   c.train.eval_every = eval_every
   c.train.progress = False
@@ -155,8 +162,9 @@ def main(argv):
   out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_followon"]
                                + sys.argv[1:]),
          "settings": dict(layers=layers, tf_layers=tf_layers, epochs_k1=e1, epochs=ek,
-                          tf_epochs=etf, eval_every=every, amplitudes=amps, gd_lr=_LR.value,
-                          amp_layers=_AMP_LAYERS.value),
+                          tf_epochs=etf, tf_lr=_TF_LR.value, eval_every=every, amplitudes=amps, gd_lr=_LR.value,
+                          amp_layers=_AMP_LAYERS.value,
+                          mixture_scale=_MIXTURE_SCALE.value),
          "runs": []}
   jobs = [(m, k, 10.0) for k in layers for m in ("gd", "gdmlp")]
   jobs += [("trained_tf", k, 10.0) for k in tf_layers]
@@ -166,7 +174,7 @@ def main(argv):
     t0 = time.time()
     epochs = etf if name == "trained_tf" else (e1 if k == 1 else ek)
     cfg = make_config(name, k, epochs, every, amp,
-                      None if name == "trained_tf" else _LR.value)
+                      _TF_LR.value if name == "trained_tf" else _LR.value, _MIXTURE_SCALE.value)
     if amp not in data_cache:
       data_cache[amp] = datasets_for(cfg)
     data = data_cache[amp]
@@ -186,11 +194,12 @@ def main(argv):
   out["bayes"] = {str(a): {s: {k: float(v) for k, v in synthetic.bayes_reference(d[s]).items()}
                            for s in ("test", "test_mixture")} for a, d in data_cache.items()}
   out["wall_s"] = time.time() - t_start
-  with open(os.path.join(_OUT.value, "followon.json"), "w") as fh:
+  base = os.path.join(_OUT.value, _NAME.value)
+  with open(base + ".json", "w") as fh:
     json.dump(out, fh)
-  plot(out, os.path.join(_OUT.value, "followon.png"))
-  write_md(out, os.path.join(_OUT.value, "followon.md"))
-  print(f"wrote {_OUT.value}/followon.{{json,md,png}} in {out['wall_s']:.0f} s")
+  plot(out, base + ".png")
+  write_md(out, base + ".md", _NAME.value)
+  print(f"wrote {base}.{{json,md,png}} in {out['wall_s']:.0f} s")
 
 
 def plot(out, path):
@@ -233,13 +242,13 @@ def plot(out, path):
   plt.close(fig)
 
 
-def write_md(out, path):
+def write_md(out, path, name="followon"):
   s = out["settings"]
   lines = ["# The follow-on's claims (issue 4, item 5)", "",
            f"Command: `{out['command']}`  ",
            f"Wall time: {out['wall_s']:.0f} s on the shared 2-core CPU  ",
            f"Settings: `{json.dumps(s)}` (one seed, L=2048, N=125, paper optimisers per K)",
-           "", "![followon](followon.png)", "",
+           "", f"![{name}]({name}.png)", "",
            "| model | K | lambda | params | epochs (best) | test acc | test NLL | mixture acc |"
            " mixture NLL | query logit std | internal logit std (GD) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
