@@ -35,6 +35,10 @@ def _shape(x: Any, name: str) -> tuple[int, ...]:
 
 
 def _dtype(x: Any, name: str) -> np.dtype:
+  # result_type reads a string as a dtype name ('f', 'L', 'int8'), so a str
+  # argument would pass as a number of that dtype; reject it here.
+  if isinstance(x, (str, bytes)):
+    raise TypeError(f"{name} must be a numeric array, got {type(x).__name__} {x!r}")
   try:
     return jnp.result_type(x)
   except Exception:  # e.g. a string or object array

@@ -175,6 +175,9 @@ SHARED_CASES = [
      r"kernel_scale must fit in int(32|64) .*got an int of 31 digits"),
     ("scale_str", {"kernel_scale": "1.0"}, TypeError,
      r"kernel_scale must be a real number, got str"),
+    # A dtype code: jnp.result_type("L") is uint64, found by the fuzz test below.
+    ("scale_dtype_code_str", {"kernel_scale": "L"}, TypeError,
+     r"kernel_scale must be a real number, got str"),
     ("scale_bool", {"kernel_scale": True}, TypeError,
      r"kernel_scale must be a real number, got bool"),
     ("scale_complex", {"kernel_scale": 1j}, TypeError,
