@@ -247,7 +247,7 @@ def write_md(out, path, name="followon"):
   lines = ["# The follow-on's claims (issue 4, item 5)", "",
            f"Command: `{out['command']}`  ",
            f"Wall time: {out['wall_s']:.0f} s on the shared 2-core CPU  ",
-           f"Settings: `{json.dumps(s)}` (one seed, L=2048, N=125, paper optimisers per K)",
+           f"Settings: `{json.dumps(s)}` (one seed, L=2048, N=125; the paper's per-K optimisers with the learning rates above, a null one meaning the paper's)",
            "", f"![{name}]({name}.png)", "",
            "| model | K | lambda | params | epochs (best) | test acc | test NLL | mixture acc |"
            " mixture NLL | query logit std | internal logit std (GD) |",
