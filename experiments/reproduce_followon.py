@@ -99,16 +99,10 @@ def datasets_for(cfg):
 def train_best(cfg, name, datasets):
   """The paper's loop with the library's compiled steps; best-val params and metrics."""
   tr = train.make_trainer(cfg, name, datasets)
-  params, opt = tr.params, tr.opt_state
   tests = ("test", "test_mixture")
-  best = {"val_nll": np.inf, "epoch": 0, "params": params, "metrics": None}
+  best = {"val_nll": np.inf, "epoch": 0, "params": tr.params, "metrics": None}
   curve = []
-  done = 0
-  while done < cfg.train.num_epochs:
-    count = min(cfg.train.eval_every, cfg.train.num_epochs - done)
-    params, opt, loss = tr.program.run_epochs(
-        params, opt, tr.shuffle_keys, tr.lr_S, tr.data["train"], jnp.arange(done, done + count))
-    done += count
+  for done, params, _, loss in tr.epoch_chunks(cfg.train.num_epochs, cfg.train.eval_every):
     ev = {s: {k: float(v[0]) for k, v in tr.program.evaluate(params, datasets[s]).items()}
           for s in ("val",) + tests}
     curve.append({"epoch": done, "train_loss": float(np.mean(loss[-1])),

@@ -82,17 +82,11 @@ def train_best(cfg, datasets):
   compiled steps (train.make_trainer).
   """
   tr = train.make_trainer(cfg, "gd", datasets)
-  params, opt = tr.params, tr.opt_state
   num = len(tr.members)
-  best = {"val_nll": np.full(num, np.inf), "epoch": np.zeros(num, int), "params": params,
+  best = {"val_nll": np.full(num, np.inf), "epoch": np.zeros(num, int), "params": tr.params,
           "test": None}
   curve = []
-  done = 0
-  while done < cfg.train.num_epochs:
-    count = min(cfg.train.eval_every, cfg.train.num_epochs - done)
-    params, opt, loss = tr.program.run_epochs(
-        params, opt, tr.shuffle_keys, tr.lr_S, tr.data["train"], jnp.arange(done, done + count))
-    done += count
+  for done, params, _, loss in tr.epoch_chunks(cfg.train.num_epochs, cfg.train.eval_every):
     ev = {s: jax.tree.map(np.asarray, tr.program.evaluate(params, tr.data[s]))
           for s in ("val", "test")}
     better = ev["val"]["nll"] < best["val_nll"]

@@ -167,18 +167,10 @@ def train_member(cfg, name, datasets, epochs, params=None, callback=None, every=
   p = trainer.params
   if params is not None:
     p = jax.tree.map(lambda a: jnp.asarray(a)[None].astype(jnp.float32), params)
-  opt = trainer.opt_state
-  every = every or epochs
   history = []
   if callback is not None:
     history.append(callback(0, first_member(p), None))
-  done = 0
-  while done < epochs:
-    count = min(every, epochs - done)
-    p, opt, loss = trainer.program.run_epochs(
-        p, opt, trainer.shuffle_keys, trainer.lr_S, trainer.data["train"],
-        jnp.arange(done, done + count))
-    done += count
+  for done, p, _, loss in trainer.epoch_chunks(epochs, every or epochs, params=p):
     if callback is not None:
       history.append(callback(done, first_member(p), float(np.mean(loss[-1]))))
   return first_member(p), trainer, history

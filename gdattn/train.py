@@ -232,6 +232,24 @@ class Trainer:
   opt_state: Any
   num_params: int
 
+  def epoch_chunks(self, num_epochs: int, every: int, params=None, opt_state=None):
+    """Trains for num_epochs in calls of `every` epochs (the last may be shorter),
+    from `params` / `opt_state` (default: the initial ones).
+
+    Yields (epochs done, params, opt_state, loss [epochs, updates, S]) after
+    each call: the loop of scripts that evaluate or record between chunks.
+    """
+    params = self.params if params is None else params
+    opt_state = self.opt_state if opt_state is None else opt_state
+    done = 0
+    while done < num_epochs:
+      count = min(every, num_epochs - done)
+      params, opt_state, loss = self.program.run_epochs(
+          params, opt_state, self.shuffle_keys, self.lr_S, self.data["train"],
+          jnp.arange(done, done + count))
+      done += count
+      yield done, params, opt_state, loss
+
 
 def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
                  datasets: dict[str, synthetic.Contexts]) -> Trainer:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -122,6 +123,20 @@ def test_microbatched_gradients_match_whole_batch(tmp_path):
   }
   for key, value in runs[None].items():
     np.testing.assert_allclose(runs[4][key], value, rtol=REORDER_RTOL, err_msg=key)
+
+
+def test_epoch_chunks_equal_one_run_epochs_call():
+  cfg = config_lib.from_configdict(smoke(**{"optim.learning_rate": 0.02}))
+  trainer = train.make_trainer(cfg, "gd", train.make_datasets(cfg.data))
+  chunks = list(trainer.epoch_chunks(5, 2))
+  assert [done for done, *_ in chunks] == [2, 4, 5]
+  whole = trainer.program.run_epochs(
+      trainer.params, trainer.opt_state, trainer.shuffle_keys, trainer.lr_S,
+      trainer.data["train"], np.arange(5))
+  np.testing.assert_allclose(
+      np.concatenate([loss for *_, loss in chunks]), whole[2], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(chunks[-1][1]), jax.tree.leaves(whole[0])):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_eight_simulated_devices_match_one(tmp_path):
