@@ -121,9 +121,10 @@ def categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs) -> CategoricalProblem:
   # One float dtype for everything, so the scan carry has a single type.
   dtype = jnp.result_type(x_ctx, x_query, w_e, lrs)
   w_e_CxE = jnp.asarray(w_e, dtype)
-  # A one-hot product rather than a gather: exact, and its gradient w.r.t. w_e
-  # is a matmul rather than a serial scatter-add.
-  target_NxE = jax.nn.one_hot(jnp.asarray(y_ctx), w_e_CxE.shape[0], dtype=dtype) @ w_e_CxE
+  # A gather (its gradient a scatter-add): 4.6x faster than the one-hot
+  # product at a training step's 512 x 125 labels on CPU, 10x with vmapped
+  # members, which would each materialise their own [B, N, C] one-hot.
+  target_NxE = w_e_CxE[jnp.asarray(y_ctx)]
 
   def residual_fn(f_NxE):
     return target_NxE - expected_embedding(f_NxE, w_e_CxE)
