@@ -20,22 +20,23 @@ of its own loss on the gradient sample, see (a)); the Trained TF runs of (b)
 and (c) are 100 epochs instead of 5000, one seed.
 
 (a) Stationarity. A trained GD model is embedded in the Trained TF
-    (`models.trained_tf_from_gd`; the TF's kernel scale is fixed to 1 and the
-    GD scale s is absorbed into the query projection). On a sample of
+    (`gdattn.analysis.embed_gd`: the TF's kernel scale is fixed to 1 and the GD
+    scale s is absorbed into the query projection). On a sample of
     --grad_contexts fresh contexts the gradient g of the TF's mean NLL w.r.t.
     all 6,625 free parameters is split into the part along the GD
-    parameterisation (least-squares projection onto the columns of the
-    Jacobian J of the map (lrs, s, W_e) -> TF parameters, from jax.jacfwd of
-    the embedding) and the orthogonal rest, per parameter block, with a
-    standard error from the spread over chunks of 256 contexts (a block whose
-    mean is zero in expectation shows |g| ~ SE on a finite sample). The GD
-    point is first polished by L-BFGS on the GD loss on the same sample, so
-    that the along part is ~0 and what remains is the claim under test. Data
-    sets: high_dim (x ~ U(-1,1)^d), its mirror-symmetrised sample (every
-    context also with x -> -x, an exact symmetry of that distribution), a
-    shifted copy (x + 1, i.e. x ~ U(0,2)^d with centres shifted), and the
-    non-uniform-class `mixture` generator. Then random perturbations of the
-    TF parameters (per-entry std eps) show how the orthogonal part grows.
+    parameterisation (least-squares projection onto the columns of the Jacobian
+    J of the map (lrs, s, W_e) -> TF parameters:
+    `analysis.gd_embedding_jacobian`, `analysis.split_gradient`) and the
+    orthogonal rest, per parameter block, with a standard error from the spread
+    over chunks of 256 contexts (a block whose mean is zero in expectation
+    shows |g| ~ SE on a finite sample). The GD point is first polished by
+    L-BFGS on the GD loss on the same sample, so that the along part is ~0 and
+    what remains is the claim under test. Data sets: high_dim (x ~ U(-1,1)^d),
+    its mirror-symmetrised sample (every context also with x -> -x, an exact
+    symmetry of that distribution), a shifted copy (x + 1, i.e. x ~ U(0,2)^d
+    with centres shifted), and the non-uniform-class `mixture` generator. Then
+    random perturbations of the TF parameters (per-entry std eps) show how the
+    orthogonal part grows.
 (b) Alignment: a Trained TF trained from its usual init; at every checkpoint
     the mean L2 distance between its and the trained GD model's predicted
     probability vectors and the cosine similarity of their input
@@ -60,11 +61,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 from flax import nnx
 
 from experiments.configs import synthetic as synthetic_configs
 from experiments import report
+from gdattn import analysis
 from gdattn import config as config_lib
 from gdattn import metrics
 from gdattn import models
@@ -136,16 +137,6 @@ class Pure:
 
   def loss(self, params, ctx):
     return metrics.nll(self.logits(params, ctx), ctx.y_query)
-
-
-def embed(gd_pure: Pure, gd_params, input_dim):
-  """GD params -> TF params (pure dict), TF kernel scale 1, s absorbed into wq."""
-  gd_model = gd_pure.model(gd_params)
-  tf = models.trained_tf_from_gd(gd_model, input_dim)
-  s = gd_params["kernel_scale"]
-  tf.self_wq[...] = tf.self_wq[...] * s
-  tf.kernel_scale[...] = jnp.ones_like(tf.kernel_scale[...])
-  return tf
 
 
 def flat(tree):
@@ -254,27 +245,19 @@ def slot_blocks(vec, segs, layout):
   return out
 
 
-def tf_jacobian(gd_pure, gd_params, input_dim):
-  """J = d(TF params)/d(GD params), [P_tf, P_gd] (the embedding is linear)."""
-  gd_flat, unravel = ravel_pytree(gd_params)
-  to_tf = lambda v: ravel_pytree(nnx.to_pure_dict(
-      nnx.state(embed(gd_pure, unravel(v), input_dim), nnx.Param)))[0]
-  return jax.jacfwd(to_tf)(gd_flat)
-
-
 def stationarity(gd_pure, gd_params, sample, input_dim, eps_list, directions, chunk, key):
-  tf = embed(gd_pure, gd_params, input_dim)
+  gd_model = gd_pure.model(gd_params)
+  tf = analysis.embed_gd(gd_model, input_dim)
   tf_pure = Pure(tf)
   theta0 = tf_pure.params
   segs = segments(theta0)
-  jac = tf_jacobian(gd_pure, gd_params, input_dim)
-  proj = jax.jit(lambda g: jac @ jnp.linalg.lstsq(jac, g)[0])
+  jac = analysis.gd_embedding_jacobian(gd_model, input_dim)
+  split = jax.jit(analysis.split_gradient)
   grad_fn = lambda p: chunked_grad(tf_pure.graphdef, p, tf_pure.rest, sample, chunk)
 
   def analyse(theta):
     g, var = grad_fn(theta)
-    along = proj(g)
-    return g, var, along, g - along
+    return (g, var, *split(g, jac))
 
   g, var, along, orth = analyse(theta0)
   # Chain-rule check: J^T g must equal the GD model's own gradient.
@@ -320,30 +303,16 @@ def stationarity(gd_pure, gd_params, sample, input_dim, eps_list, directions, ch
 # (b) and (c): alignment and distances.
 
 
-def centred_logits(pure, params, x_ctx, y_ctx, x_q):
-  logits = pure.model(params)(x_ctx[None], y_ctx[None], x_q[None])[0, 0]
-  return logits - jnp.mean(logits)
-
-
 def make_alignment(gd_pure, gd_params, tf_pure, ctx):
-  """(b)'s metrics of TF params vs the fixed GD model on contexts `ctx`."""
-
-  def per_context(tf_params, x_ctx, y_ctx, x_q):
-    lg = centred_logits(gd_pure, gd_params, x_ctx, y_ctx, x_q)
-    lt = centred_logits(tf_pure, tf_params, x_ctx, y_ctx, x_q)
-    jg = jax.jacrev(lambda q: centred_logits(gd_pure, gd_params, x_ctx, y_ctx, q))(x_q)
-    jt = jax.jacrev(lambda q: centred_logits(tf_pure, tf_params, x_ctx, y_ctx, q))(x_q)
-    jg, jt = jg.ravel(), jt.ravel()
-    cos = jnp.dot(jg, jt) / (jnp.linalg.norm(jg) * jnp.linalg.norm(jt) + 1e-30)
-    l2 = jnp.linalg.norm(jax.nn.softmax(lg) - jax.nn.softmax(lt))
-    return l2, cos, jnp.linalg.norm(jt), jnp.linalg.norm(jg)
+  """(b)'s metrics of TF params vs the fixed GD model on contexts `ctx` (first query)."""
+  gd_model = gd_pure.model(gd_params)
 
   @jax.jit
   def fn(tf_params):
-    l2, cos, nt, ng = jax.lax.map(
-        lambda a: per_context(tf_params, *a), (ctx.x_ctx, ctx.y_ctx, ctx.x_query[:, :1]))
-    return {"pred_l2": jnp.mean(l2), "sens_cos": jnp.mean(cos),
-            "sens_norm_tf": jnp.mean(nt), "sens_norm_gd": jnp.mean(ng)}
+    out = analysis.alignment_metrics(gd_model, tf_pure.model(tf_params), ctx.x_ctx,
+                                     ctx.y_ctx, ctx.x_query[:, :1])
+    return {"pred_l2": out["pred_l2"], "sens_cos": out["sens_cos"],
+            "sens_norm_tf": out["sens_norm_b"], "sens_norm_gd": out["sens_norm_a"]}
 
   return fn
 
@@ -446,16 +415,15 @@ def main(argv):
 
   # (c) Trained TF initialised at the GD point (trained_tf_from_gd) and trained on.
   t0 = time.time()
-  tf_gd = embed(gd_pure, gd_params, 10)
-  tf_gd_pure = Pure(tf_gd)
-  theta_gd = tf_gd_pure.params
-  jac = tf_jacobian(gd_pure, gd_params, 10)
+  gd_model = gd_pure.model(gd_params)
+  theta_gd = Pure(analysis.embed_gd(gd_model, 10)).params
+  jac = analysis.gd_embedding_jacobian(gd_model, 10)
   theta_gd_flat = flat(theta_gd)
   align_c = make_alignment(gd_pure, gd_params, tf_pure, align_ctx)
 
   def record_c(epoch, p, loss):
     diff = flat(p) - theta_gd_flat
-    off = diff - jac @ jnp.linalg.lstsq(jac, diff)[0]
+    _, off = analysis.split_gradient(diff, jac)
     r = {"epoch": epoch, "train_loss": loss,
          "dist_gd_point": float(jnp.linalg.norm(diff)),
          "dist_gd_manifold": float(jnp.linalg.norm(off)),

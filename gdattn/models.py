@@ -160,7 +160,8 @@ def trained_tf_from_gd(gd_model: GD, input_dim: int, num_heads: int = 2) -> Trai
     target = getattr(model, f"cross_{name}")
     target[...] = pad(built["cross"][name], target.shape)
   model.embeddings.w_e[...] = gd_model.embeddings.w_e[...]
-  model.kernel_scale[...] = jnp.asarray(gd_model.kernel_scale[...])
+  # A new variable keeps GD's dtype (an in-place set would cast to float32).
+  model.kernel_scale = nnx.Variable(jnp.asarray(gd_model.kernel_scale[...]))
   return model
 
 
