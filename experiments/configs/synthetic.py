@@ -7,7 +7,7 @@ Variants (`--config=experiments/configs/synthetic.py[:VARIANT[,layers=K]]`):
              (the paper's AdamW 1e-3), one seed.
              python -m experiments.main --config=experiments/configs/synthetic.py --workdir=runs/demo
              About 1.5 minutes on an idle 2-core CPU, almost all of it the
-             Trained TF (~0.8 s per epoch; GD ~0.02 s). Expected: GD test accuracy ~0.6
+             Trained TF (~0.8 s per epoch; GD ~0.01 s). Expected: GD test accuracy ~0.6
              (Bayes mean max probability 0.745 on this draw), the Trained TF far
              below it.
   smoke      seconds: tiny data and few epochs, for tests and notebooks.
