@@ -19,8 +19,10 @@ Runs (one seed each, L=2048, N=125, C=25, d=10, e=5, softmax kernel, the
 paper's per-K optimisers, test metrics at the best validation NLL):
   * depth: GD and GDMLP at K in --layers (1, 2, 3); Trained TF at --tf_layers (1).
   * mismatch: every model is trained on `high_dim` and tested on both the
-    high_dim test set and a `mixture` test set of the same draw (non-uniform,
-    component-specific class choice; config data.test_name='mixture').
+    high_dim test set and a shifted test set of the same draw (--shift): by
+    default the `mixture` generator (non-uniform, component-specific class
+    choice; config data.test_name='mixture'), or high_dim at another lambda
+    (`--shift=amplitude=5`) or context size (`--shift=context_points=50`).
   * linear regime: GD and GDMLP at K=--amp_layers (2) for amplitudes lambda in
     --amplitudes (2, 5; lambda=10 is the depth run), plus, for every trained
     model, the scale of its logits: the std over classes of the centred query
@@ -70,6 +72,11 @@ _MIXTURE_SCALE = flags.DEFINE_float(
     "mixture_scale", 2.0, "Std of the mixture test set's component logits (larger:"
     " each component concentrates on fewer classes, a stronger mismatch).")
 _NAME = flags.DEFINE_string("name", "followon", "Output basename under --out_dir.")
+_SHIFT = flags.DEFINE_string(
+    "shift", "mixture", "The mismatched test set: 'mixture' (the mixture generator at"
+    " --mixture_scale), 'amplitude=X' (high_dim at lambda X) or 'context_points=N'"
+    " (high_dim with N context points), all from the training draw's W_data.")
+SHIFT_FIELDS = {"amplitude": ("amplitude", float), "context_points": ("num_context_points", int)}
 
 SCALE_CONTEXTS = 512  # test contexts for the logit-scale statistics
 
@@ -88,18 +95,31 @@ def make_config(model, layers, epochs, eval_every, amplitude=10.0, lr=None,
   return config_lib.from_configdict(c)
 
 
-def datasets_for(cfg):
-  """high_dim train/val/test plus the mixture test set of the same draw."""
+def parse_shift(shift: str) -> tuple[str, dict]:
+  """--shift -> (the shifted split's name, DataConfig overrides of its test set)."""
+  if shift == "mixture":
+    return "test_mixture", {"test_name": "mixture"}
+  kind, _, value = shift.partition("=")
+  if kind not in SHIFT_FIELDS or not value:
+    raise app.UsageError(
+        f"--shift must be 'mixture', 'amplitude=X' or 'context_points=N', got {shift!r}")
+  field, cast = SHIFT_FIELDS[kind]
+  return "test_shift", {field: cast(value)}
+
+
+def datasets_for(cfg, shift="mixture"):
+  """high_dim train/val/test plus the shifted test set of the same draw (same
+  W_data and keys: only the overridden setting differs)."""
   data = train.make_datasets(cfg.data)
-  mix = train.make_datasets(dataclasses.replace(cfg.data, test_name="mixture"))
-  data["test_mixture"] = mix["test"]
+  split, overrides = parse_shift(shift)
+  data[split] = train.make_datasets(dataclasses.replace(cfg.data, **overrides))["test"]
   return data
 
 
 def train_best(cfg, name, datasets):
   """The paper's loop with the library's compiled steps; best-val params and metrics."""
   tr = train.make_trainer(cfg, name, datasets)
-  tests = ("test", "test_mixture")
+  tests = ("test",) + tuple(k for k in datasets if k in ("test_mixture", "test_shift"))
   best = {"val_nll": np.inf, "epoch": 0, "params": tr.params, "metrics": None}
   curve = []
   for done, params, _, loss in tr.epoch_chunks(cfg.train.num_epochs, cfg.train.eval_every):
@@ -152,14 +172,15 @@ def main(argv):
   layers = [int(k) for k in _LAYERS.value]
   tf_layers = [int(k) for k in _TF_LAYERS.value]
   amps = [float(a) for a in _AMPS.value]
+  shift_split, _ = parse_shift(_SHIFT.value)  # a bad --shift fails before any compute
   os.makedirs(_OUT.value, exist_ok=True)
   out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_followon"]
                                + sys.argv[1:]),
          "settings": dict(layers=layers, tf_layers=tf_layers, epochs_k1=e1, epochs=ek,
                           tf_epochs=etf, tf_lr=_TF_LR.value, eval_every=every, amplitudes=amps, gd_lr=_LR.value,
                           amp_layers=_AMP_LAYERS.value,
-                          mixture_scale=_MIXTURE_SCALE.value),
-         "runs": []}
+                          mixture_scale=_MIXTURE_SCALE.value, shift=_SHIFT.value),
+         "shift_split": shift_split, "runs": []}
   jobs = [(m, k, 10.0) for k in layers for m in ("gd", "gdmlp")]
   jobs += [("trained_tf", k, 10.0) for k in tf_layers]
   jobs += [(m, _AMP_LAYERS.value, a) for a in amps for m in ("gd", "gdmlp")]
@@ -170,7 +191,7 @@ def main(argv):
     cfg = make_config(name, k, epochs, every, amp,
                       _TF_LR.value if name == "trained_tf" else _LR.value, _MIXTURE_SCALE.value)
     if amp not in data_cache:
-      data_cache[amp] = datasets_for(cfg)
+      data_cache[amp] = datasets_for(cfg, _SHIFT.value)
     data = data_cache[amp]
     best, curve, num_params = train_best(cfg, name, data)
     scale_ctx = jax.tree.map(lambda a: a[:SCALE_CONTEXTS], data["test"])
@@ -181,12 +202,12 @@ def main(argv):
     out["runs"].append(run)
     m = run["metrics"]
     print(f"{name:10s} K={k} lambda={amp:g} params={num_params} "
-          f"acc={m['test']['accuracy']:.3f} nll={m['test']['nll']:.3f} | mixture "
-          f"acc={m['test_mixture']['accuracy']:.3f} nll={m['test_mixture']['nll']:.3f} | "
+          f"acc={m['test']['accuracy']:.3f} nll={m['test']['nll']:.3f} | {_SHIFT.value} "
+          f"acc={m[shift_split]['accuracy']:.3f} nll={m[shift_split]['nll']:.3f} | "
           f"{run['scales']} ({run['wall_s']:.0f} s)", flush=True)
   from gdattn.data import synthetic
   out["bayes"] = {str(a): {s: {k: float(v) for k, v in synthetic.bayes_reference(d[s]).items()}
-                           for s in ("test", "test_mixture")} for a, d in data_cache.items()}
+                           for s in ("test", shift_split)} for a, d in data_cache.items()}
   out["wall_s"] = time.time() - t_start
   base = os.path.join(_OUT.value, _NAME.value)
   with open(base + ".json", "w") as fh:
@@ -196,15 +217,23 @@ def main(argv):
   print(f"wrote {base}.{{json,md,png}} in {out['wall_s']:.0f} s")
 
 
+def shift_of(out):
+  """(split name, label) of a results dict's mismatched test set (older
+  results have only the mixture one)."""
+  label = out["settings"].get("shift", "mixture")
+  return out.get("shift_split", "test_mixture"), label
+
+
 def plot(out, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   runs = out["runs"]
+  shift, label = shift_of(out)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   styles = {"gd": ("C0", "o"), "gdmlp": ("C2", "s"), "trained_tf": ("C3", "^")}
   for ax, split, title in ((axes[0], "test", "in distribution (high_dim)"),
-                           (axes[1], "test_mixture", "mismatch: test on mixture")):
+                           (axes[1], shift, f"mismatch: test on {label}")):
     for name, (color, marker) in styles.items():
       rs = sorted((r for r in runs if r["model"] == name and r["amplitude"] == 10.0),
                   key=lambda r: r["layers"])
@@ -238,13 +267,14 @@ def plot(out, path):
 
 def write_md(out, path, name="followon"):
   s = out["settings"]
+  shift, label = shift_of(out)
   lines = ["# The follow-on's claims (issue 4, item 5)", "",
            f"Command: `{out['command']}`  ",
            f"Wall time: {out['wall_s']:.0f} s on the shared 2-core CPU  ",
            f"Settings: `{json.dumps(s)}` (one seed, L=2048, N=125; the paper's per-K optimisers with the learning rates above, a null one meaning the paper's)",
            "", f"![{name}]({name}.png)", "",
-           "| model | K | lambda | params | epochs (best) | test acc | test NLL | mixture acc |"
-           " mixture NLL | query logit std | internal logit std (GD) |",
+           f"| model | K | lambda | params | epochs (best) | test acc | test NLL | {label} acc |"
+           f" {label} NLL | query logit std | internal logit std (GD) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in out["runs"]:
     m, sc = r["metrics"], r["scales"]
@@ -252,12 +282,12 @@ def write_md(out, path, name="followon"):
     lines.append(
         f"| {r['model']} | {r['layers']} | {r['amplitude']:g} | {r['num_params']} |"
         f" {r['epochs']} ({r['best_epoch']}) | {m['test']['accuracy']:.3f} |"
-        f" {m['test']['nll']:.3f} | {m['test_mixture']['accuracy']:.3f} |"
-        f" {m['test_mixture']['nll']:.3f} | {sc['query_logit_std']:.2f} |"
+        f" {m['test']['nll']:.3f} | {m[shift]['accuracy']:.3f} |"
+        f" {m[shift]['nll']:.3f} | {sc['query_logit_std']:.2f} |"
         f" {', '.join(f'{v:.2f}' for v in inner) if inner else '-'} |")
   lines += ["", "Bayes references (mean max prob / NLL): " + "; ".join(
       f"lambda={a}: high_dim {v['test']['bayes_max_prob']:.3f} / {v['test']['bayes_nll']:.3f},"
-      f" mixture {v['test_mixture']['bayes_max_prob']:.3f} / {v['test_mixture']['bayes_nll']:.3f}"
+      f" {label} {v[shift]['bayes_max_prob']:.3f} / {v[shift]['bayes_nll']:.3f}"
       for a, v in out["bayes"].items())]
   report.write_markdown(path, lines)
 
