@@ -71,6 +71,9 @@ class TrainConfig:
   patience: int | None = None       # evals without val-NLL gain before stopping
   microbatch_size: int | None = 64  # gradient accumulation chunk; None = whole batch
   eval_batch_size: int = 512        # contexts per eval chunk (memory bound)
+  # Members (seeds x lrs) whose gradients are computed together (vmapped);
+  # the chunks run one after another. None = all members at once.
+  members_per_step: int | None = None
   progress: bool = True
 
 
@@ -197,6 +200,8 @@ def validate(cfg: ExperimentConfig) -> None:
   _require(t.patience is None or t.patience >= 1, "train.patience", "None or >= 1",
            t.patience)
   _require(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
+  _require(t.members_per_step is None or t.members_per_step >= 1,
+           "train.members_per_step", "None or >= 1", t.members_per_step)
   _require(t.microbatch_size is None or (
       t.microbatch_size >= 1 and t.batch_size % t.microbatch_size == 0),
            "train.microbatch_size", f"None or a divisor of batch_size={t.batch_size}",

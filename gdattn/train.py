@@ -119,7 +119,7 @@ class _Program:
 
 
 def _build_program(graphdef, rest, tx, mesh, batch_size, eval_batch_size,
-                   microbatch_size):
+                   microbatch_size, members_per_step=None):
   shard_batch = NamedSharding(mesh, P(None, "data"))  # [S, B, ...]: B split
   num_micro = batch_size // microbatch_size
 
@@ -138,7 +138,11 @@ def _build_program(graphdef, rest, tx, mesh, batch_size, eval_batch_size,
     # spread over the devices the same way as the whole batch.
     idx_JxSxI = jnp.moveaxis(
         idx_SxB.reshape(idx_SxB.shape[0], microbatch_size, num_micro), 2, 0)
-    grad_fn = jax.vmap(jax.value_and_grad(loss_fn))
+    # Members in chunks of members_per_step: vmapped within a chunk, chunks one
+    # after another (lax.map), so a chunk's kernel work can stay in cache.
+    grad_fn = lambda params, batch: jax.lax.map(
+        lambda args: jax.value_and_grad(loss_fn)(*args), (params, batch),
+        batch_size=members_per_step or idx_SxB.shape[0])
 
     def accumulate(total, idx_SxI):
       batch = jax.tree.map(lambda a: a[idx_SxI], data)
@@ -285,7 +289,8 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
   return Trainer(
       members=members,
       program=_build_program(graphdef, rest, tx, mesh, t.batch_size,
-                             t.eval_batch_size, t.microbatch_size or t.batch_size),
+                             t.eval_batch_size, t.microbatch_size or t.batch_size,
+                             t.members_per_step),
       data=jax.device_put(datasets, replicated),
       shuffle_keys=jnp.stack([k[1] for k in keys]),
       lr_S=jnp.asarray([lr for _, lr in members], jnp.float32),

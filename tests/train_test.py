@@ -2,7 +2,8 @@
 
 Covers: outputs (metrics, checkpoints, plot, results), SIGKILL + resume giving
 exactly the uninterrupted metrics, vmapped seeds equal to separate runs, the
-same metrics on 8 simulated devices, microbatched = whole-batch gradients, the NaN guard and config validation.
+same metrics on 8 simulated devices, microbatched = whole-batch gradients,
+members in chunks = all members vmapped, the NaN guard and config validation.
 """
 
 import json
@@ -125,6 +126,24 @@ def test_microbatched_gradients_match_whole_batch(tmp_path):
     np.testing.assert_allclose(runs[4][key], value, rtol=REORDER_RTOL, err_msg=key)
 
 
+def test_members_in_chunks_equal_all_members_vmapped():
+  # 3 seeds in chunks of 2 (the last chunk short) vs all 3 vmapped together.
+  def trained(members_per_step):
+    cfg = config_lib.from_configdict(smoke(
+        num_seeds=3, **{"optim.learning_rate": 0.02,
+                        "train.members_per_step": members_per_step}))
+    trainer = train.make_trainer(cfg, "gd", train.make_datasets(cfg.data))
+    return trainer.program.run_epochs(
+        trainer.params, trainer.opt_state, trainer.shuffle_keys, trainer.lr_S,
+        trainer.data["train"], np.arange(3))
+  chunked, together = trained(2), trained(None)
+  np.testing.assert_allclose(chunked[2], together[2], rtol=REORDER_RTOL)
+  for a, b in zip(jax.tree.leaves(chunked[0]), jax.tree.leaves(together[0])):
+    np.testing.assert_allclose(a, b, rtol=REORDER_RTOL, atol=1e-7)
+  # The members really differ from each other.
+  assert not np.allclose(together[0]["lrs"][0], together[0]["lrs"][1])
+
+
 def test_epoch_chunks_equal_one_run_epochs_call():
   cfg = config_lib.from_configdict(smoke(**{"optim.learning_rate": 0.02}))
   trainer = train.make_trainer(cfg, "gd", train.make_datasets(cfg.data))
@@ -165,6 +184,7 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path):
     ("train.batch_size", 1000, "config.train.batch_size"),
     ("optim.learning_rate", -1.0, "config.optim.learning_rate"),
     ("data.name", "imagenet", "config.data.name"),
+    ("train.members_per_step", 0, "config.train.members_per_step"),
 ])
 def test_bad_config_fails_before_compute(key, value, match):
   with pytest.raises(ValueError, match=match):

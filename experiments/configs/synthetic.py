@@ -100,6 +100,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   # chunk stays in cache; fastest of 16..512 on 2 CPU cores (bench_train).
   c.train.microbatch_size = 64
   c.train.eval_batch_size = 512
+  c.train.members_per_step = config_dict.placeholder(int)  # None: all vmapped
   c.train.progress = True
 
   if variant == "demo":
