@@ -94,7 +94,7 @@ def define_common_flags(xs_name, xs_default, xs_help):
   f.tf_lr = flags.DEFINE_float("tf_lr", None, "Trained TF learning rate (None: paper's).")
   f.members_per_step = flags.DEFINE_integer(
       "members_per_step", None, "Seeds whose gradients are vmapped together (None:"
-      " all). On CPU at K >= 2, 1 is ~1.3x faster for 5 seeds (bench_train).")
+      " all). On CPU at K >= 2, 1 is 1.4-1.7x faster for 5 seeds (bench_train).")
   f.runs_dir = flags.DEFINE_string("runs_dir", "runs", "Root of checkpointed workdirs.")
   f.results_dir = flags.DEFINE_string("results_dir", "experiments/results",
                                       "Where <name>.json/.md/.png go.")
