@@ -116,10 +116,11 @@ def alignment_metrics(model_a: nnx.Module, model_b: nnx.Module, x_ctx_BxNxD: jax
   def one_query(x_NxD, y_N, q_D):
     values, sens = [], []
     for model in (model_a, model_b):
-      # The logits ride along as aux: one forward pass gives value and Jacobian.
-      fn = lambda q, model=model: (lambda lg: (lg, lg))(
-          _centred_logits(model, x_NxD, y_N, q))
-      jac_CxD, logits_C = jax.jacrev(fn, has_aux=True)(q_D)
+      def logits_twice(q, model=model):
+        # The logits ride along as aux: one forward pass gives value and Jacobian.
+        logits = _centred_logits(model, x_NxD, y_N, q)
+        return logits, logits
+      jac_CxD, logits_C = jax.jacrev(logits_twice, has_aux=True)(q_D)
       values.append(jax.nn.softmax(logits_C))
       sens.append(jac_CxD.ravel())
     norm_a, norm_b = jnp.linalg.norm(sens[0]), jnp.linalg.norm(sens[1])
