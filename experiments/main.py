@@ -1,12 +1,17 @@
 """Command-line entry point: meta-train and evaluate in-context learners.
 
-  python -m experiments.main --config=experiments/configs/synthetic.py --workdir=runs/demo
+  python -m experiments.main --config=gdattn/configs/synthetic.py --workdir=runs/demo
 
-Re-running the same command resumes from the last checkpoint in --workdir.
-Multi-host (GPU/TPU pods): call jax.distributed.initialize() on every host
-before training (set --distributed); the batch is then sharded over all
-global devices by gdattn.train.
+Re-running the same command resumes from the last checkpoint in --workdir
+(a finished workdir prints its results at once); a different config on the
+same workdir is refused unless --overwrite. Config and workdir errors print
+one line (--traceback shows the full trace). Multi-host (GPU/TPU pods): set
+--distributed to call jax.distributed.initialize() on every host first; the
+batch is then sharded over all global devices by gdattn.train.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -14,15 +19,52 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from gdattn import config as config_lib
+from gdattn import io
 from gdattn import train
+from gdattn import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to an experiments/configs/*.py file[:arg].",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if present).")
+    "config", None, "Path to a config file[:arg], e.g."
+    " gdattn/configs/synthetic.py:smoke.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output directory (resumes if present).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Delete the workdir's previous results first.")
+_PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print every config field (defaults included) and"
+    " exit.")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show full tracebacks of config/workdir errors.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host).")
-flags.mark_flags_as_required(["config", "workdir"])
+    "distributed", False, "Call jax.distributed.initialize() first.")
+flags.mark_flags_as_required(["config"])
+
+
+def print_results(results, header=""):
+  if header:
+    print(header)
+  for name, res in results.items():
+    for lr, stats in res["by_lr"].items():
+      line = f"{name:12s} lr={lr:<8s} params={res['num_params']:<7d}"
+      for metric in ("accuracy", "nll"):
+        if f"test_{metric}" in stats:
+          s = stats[f"test_{metric}"]
+          line += f"  test {metric} {s['mean']:.3f} ± {s['std']:.3f}"
+      print(line + f"  (best epoch(s) "
+            f"{sorted({m['best_epoch'] for m in res['members']})},"
+            f" {res['epochs_run']} run)")
+  bayes = next(iter(results.values())).get("bayes")
+  if bayes:
+    print(f"Bayes reference: mean max prob {bayes['bayes_max_prob']:.3f}, "
+          f"NLL {bayes['bayes_nll']:.3f}")
+
+
+def _fail(e: Exception) -> None:
+  if _TRACEBACK.value:
+    raise e
+  print(f"error: {e}", file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv):
@@ -31,21 +73,34 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # orbax logs every checkpoint step at INFO; keep the console for progress.
     logging.set_verbosity(logging.WARNING)
+  try:
+    cfg = config_lib.from_configdict(_CONFIG.value)
+  except ValueError as e:
+    _fail(e)
+  if _PRINT_CONFIG.value:
+    for key, value in workdir_lib.flatten(workdir_lib.config_dict(cfg)).items():
+      print(f"config.{key} = {value!r}")
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (output directory)")
+  workdir = _WORKDIR.value
+  if not _OVERWRITE.value and workdir_lib.is_complete(workdir, cfg):
+    print_results(io.load_json(os.path.join(workdir, "results.json")),
+                  f"{workdir} is complete; its results:")
+    return
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.info("JAX devices: %s", jax.devices())
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  for name, res in results.items():
-    for lr, stats in res["by_lr"].items():
-      print(f"{name:12s} lr={lr:<8s} params={res['num_params']:<7d} "
-            f"test acc {stats['test_accuracy']['mean']:.3f}"
-            f" ± {stats['test_accuracy']['std']:.3f}  "
-            f"test NLL {stats['test_nll']['mean']:.3f}"
-            f" ± {stats['test_nll']['std']:.3f}")
-  bayes = next(iter(results.values()))["bayes"]
-  print(f"Bayes reference: mean max prob {bayes['bayes_max_prob']:.3f}, "
-        f"NLL {bayes['bayes_nll']:.3f}")
-  print(f"Outputs in {_WORKDIR.value}: results.json, curves.png, <model>/metrics.jsonl")
+  try:
+    run = train.train(cfg, workdir, overwrite=_OVERWRITE.value)
+  except (ValueError, workdir_lib.WorkdirError, FloatingPointError) as e:
+    _fail(e)
+  for name, m in run.models.items():
+    if m.resumed_from is not None:
+      print(f"{name}: resumed from the checkpoint at epoch {m.resumed_from}")
+  print_results(run.results)
+  print(f"Outputs in {workdir}: results.json, curves.png,"
+        " <model>/metrics.jsonl")
 
 
 if __name__ == "__main__":

@@ -1,66 +1,52 @@
 """Typed, validated experiment configuration (the library boundary).
 
-experiments/configs/*.py build ml_collections.ConfigDicts; `from_configdict`
-turns one into the frozen dataclasses below and validates every field before
-any compute, so a typo or a bad value fails at once with a clear message.
+Configs are ml_collections.ConfigDicts (gdattn/configs/*.py build them);
+`from_configdict` turns one into the frozen dataclasses below and validates
+every field before any compute, so a typo or a bad value fails at once with
+one line naming the field, what was expected and what was given.
+
+The layout is generic; what `data` and `model` hold is the task's:
+
+  task                 name of a task in gdattn.tasks.TASKS ("synthetic", ...)
+  models               names of the task's models to train, one after another
+  seed, num_seeds      init seeds seed .. seed + num_seeds - 1 (members)
+  learning_rates       a learning-rate sweep (x seeds); () = optim's
+  data                 the task's data config (task.data_config)
+  model                the task's model config (task.model_config): shared
+                       fields and one nested section per model
+  optim                optimiser; optim_overrides.<model> changes it per model
+  train                the loop (batch, epochs, evaluation, early stopping)
 """
 
 import dataclasses
+import difflib
+import math
 from typing import Any
 
-from gdattn import kernels
-from gdattn import models
-from gdattn.data import synthetic
-
 OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("staircase", "cosine")
 
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  name: str = "high_dim"            # training (and validation) generator
-  test_name: str | None = None      # test generator; None = same as `name`
-  num_classes: int = 25             # C
-  input_dim: int = 10               # D (random_grid forces 2)
-  data_embed_dim: int = 5           # E of W_data (the generative embedding)
-  num_context_points: int = 125     # N
-  num_queries: int = 1              # T
-  num_active_classes: int = 5       # J
-  amplitude: float = 10.0           # lambda
-  num_train: int = 2048             # L
-  num_val: int = 2048
-  num_test: int = 2048
-  seed: int = 5                     # one draw of W_data and the data sets
-  num_mixture_components: int = 10
-  mixture_scale: float = 2.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  num_layers: int = 1               # K
-  kernel: str = "softmax"
-  embed_dim: int = 5                # E of the model's W_e
-  init_scale: float | None = None   # None: 0.002 (GD, GDMLP), 0.002/K (TrainedTF)
-  init_kernel_scale: float = 1.0
-  fix_last_class: bool = True
-  num_heads: int = 2                # TrainedTF self-attention heads
-  token_layout: str = "exact"       # TrainedTF: "exact" or "paper"
-  mlp_hidden: int = 16              # GDMLP
-  transformer_dim: int = 64         # Transformer baseline
-  transformer_heads: int = 4
-  transformer_mlp: int = 128
+# Fields that change how a run executes but not what it computes; a workdir
+# may be resumed with different values of these (see gdattn.workdir).
+EXECUTION_FIELDS = ("train.progress", "train.members_per_step",
+                    "train.eval_batch_size")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
+  optimizer: str = "adam"           # "adam" | "adamw"
+  learning_rate: float = 1e-3       # base rate (members may sweep it)
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
-  weight_decay: float = 0.0
+  weight_decay: float = 0.0         # adamw only
   clip_norm: float | None = 1e-3    # global-norm clip; None = off
-  decay_rate: float = 1.0           # lr *= decay_rate every decay_steps updates
+  schedule: str = "staircase"       # "staircase": lr *= decay_rate every
+                                    # decay_steps updates; "cosine": linear
+                                    # warmup, then cosine to 0 at decay_steps
+  decay_rate: float = 1.0
   decay_steps: int = 1000
+  warmup_steps: int = 0             # cosine only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,141 +54,201 @@ class TrainConfig:
   batch_size: int = 512
   num_epochs: int = 5000
   eval_every: int = 100             # epochs; also the checkpoint interval
-  patience: int | None = None       # evals without val-NLL gain before stopping
-  microbatch_size: int | None = 64  # gradient accumulation chunk; None = whole batch
-  eval_batch_size: int = 512        # contexts per eval chunk (memory bound)
+  patience: int | None = None       # evals without improvement before stopping
+  microbatch_size: int | None = 64  # gradient accumulation chunk; None = batch
+  eval_batch_size: int = 512        # examples per evaluation chunk (memory)
   # Members (seeds x lrs) whose gradients are computed together (vmapped);
   # the chunks run one after another. None = all members at once.
   members_per_step: int | None = None
-  progress: bool = True
+  progress: bool = True             # tqdm progress bar
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+  task: str = "synthetic"
   models: tuple[str, ...] = ("gd", "trained_tf")
-  seed: int = 0                     # members use seeds seed .. seed+num_seeds-1
+  seed: int = 0
   num_seeds: int = 1
-  learning_rates: tuple[float, ...] = ()  # sweep (x seeds); () = optim's
-  data: DataConfig = DataConfig()
-  model: ModelConfig = ModelConfig()
+  learning_rates: tuple[float, ...] = ()
+  data: Any = None
+  model: Any = None
   optim: OptimConfig = OptimConfig()
-  optim_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+  optim_overrides: dict[str, dict[str, Any]] = dataclasses.field(
+      default_factory=dict)
   train: TrainConfig = TrainConfig()
 
   def optim_for(self, model_name: str) -> OptimConfig:
     """The optimiser settings of one model (defaults plus its overrides)."""
-    return dataclasses.replace(self.optim, **self.optim_overrides.get(model_name, {}))
+    return dataclasses.replace(
+        self.optim, **self.optim_overrides.get(model_name, {}))
 
   def member_learning_rates(self, model_name: str) -> tuple[float, ...]:
     return self.learning_rates or (self.optim_for(model_name).learning_rate,)
 
-
-def _build(cls, values: dict[str, Any], where: str):
-  fields = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - fields)
-  if unknown:
-    raise ValueError(f"config.{where}: unknown field(s) {unknown}; valid: {sorted(fields)}")
-  return cls(**values)
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
-def from_configdict(config: Any) -> ExperimentConfig:
-  """ConfigDict (or nested dict) -> validated ExperimentConfig."""
-  raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  raw = dict(raw)
-  sub = {
-      "data": _build(DataConfig, dict(raw.pop("data", {})), "data"),
-      "model": _build(ModelConfig, dict(raw.pop("model", {})), "model"),
-      "optim": _build(OptimConfig, dict(raw.pop("optim", {})), "optim"),
-      "train": _build(TrainConfig, dict(raw.pop("train", {})), "train"),
-  }
-  for key in ("models", "learning_rates"):
-    if key in raw:
-      value = raw[key]
-      # "--config.models=gd,trained_tf" arrives as a string (or a 1-tuple of one).
-      items = [value] if isinstance(value, (str, float, int)) else list(value)
-      raw[key] = tuple(
-          part.strip() if key == "models" else float(part)
-          for item in items
-          for part in (item.split(",") if isinstance(item, str) else [item]))
-  raw["optim_overrides"] = {k: dict(v) for k, v in dict(raw.get("optim_overrides", {})).items()}
-  cfg = _build(ExperimentConfig, {**raw, **sub}, "")
-  validate(cfg)
-  return cfg
-
-
-def _require(ok: bool, field: str, expected: str, got: Any) -> None:
+def require(ok: bool, field: str, expected: str, got: Any) -> None:
+  """Raises ValueError('config.<field> must be <expected>, got <got>')."""
   if not ok:
     raise ValueError(f"config.{field} must be {expected}, got {got!r}")
 
 
+def build(cls: type, values: Any, where: str) -> Any:
+  """Dataclass `cls` from a (nested) dict; unknown fields are rejected.
+
+  A field whose default is itself a dataclass is built recursively from the
+  nested dict of the same name, so every section of every model is checked.
+  """
+  values = dict(values.to_dict() if hasattr(values, "to_dict") else values)
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    hints = []
+    for name in unknown:
+      close = difflib.get_close_matches(name, fields, n=1)
+      hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close
+                                  else ""))
+    raise ValueError(
+        f"config{'.' + where if where else ''}: unknown field(s) "
+        f"{', '.join(hints)}; valid: {sorted(fields)}")
+  for name, value in values.items():
+    default = fields[name].default
+    if dataclasses.is_dataclass(default) and not isinstance(value, type(default)):
+      sub = f"{where}.{name}" if where else name
+      if not hasattr(value, "keys"):
+        raise ValueError(
+            f"config.{sub} must be a section (dict) of fields, got {value!r}")
+      values[name] = build(type(default), value, sub)
+  try:
+    return cls(**values)
+  except TypeError as e:
+    raise ValueError(f"config{'.' + where if where else ''}: {e}") from None
+
+
+def _as_tuple(key: str, value: Any) -> tuple:
+  # "--config.models=gd,trained_tf" arrives as a string (or a 1-tuple of one).
+  items = [value] if isinstance(value, (str, float, int)) else list(value)
+  parts = [part for item in items
+           for part in (item.split(",") if isinstance(item, str) else [item])]
+  if key == "models":
+    return tuple(str(p).strip() for p in parts)
+  try:
+    return tuple(float(p) for p in parts)
+  except ValueError:
+    raise ValueError(
+        f"config.{key} must be numbers, got {value!r}") from None
+
+
+def from_configdict(config: Any) -> ExperimentConfig:
+  """ConfigDict (or nested dict) -> validated ExperimentConfig."""
+  from gdattn import tasks  # pylint: disable=g-import-not-at-top
+
+  if isinstance(config, ExperimentConfig):
+    validate(config)
+    return config
+  raw = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+  task_name = raw.get("task", ExperimentConfig.task)
+  task = tasks.get(task_name)
+  sub = {
+      "task": task_name,
+      "data": build(task.data_config, raw.pop("data", {}), "data"),
+      "model": build(task.model_config, raw.pop("model", {}), "model"),
+      "optim": build(OptimConfig, raw.pop("optim", {}), "optim"),
+      "train": build(TrainConfig, raw.pop("train", {}), "train"),
+  }
+  for key in ("models", "learning_rates"):
+    if key in raw:
+      raw[key] = _as_tuple(key, raw[key])
+  overrides = raw.get("optim_overrides") or {}
+  if not hasattr(overrides, "items"):
+    raise ValueError(f"config.optim_overrides must be a section keyed by model"
+                     f" name, got {overrides!r}")
+  raw["optim_overrides"] = {k: dict(v) for k, v in dict(overrides).items()}
+  cfg = build(ExperimentConfig, {**raw, **sub}, "")
+  validate(cfg)
+  return cfg
+
+
+def _finite_positive(x: Any) -> bool:
+  return isinstance(x, (int, float)) and 0 < x < math.inf
+
+
 def validate(cfg: ExperimentConfig) -> None:
   """Checks every field; raises ValueError naming the first bad one."""
-  _require(len(cfg.models) >= 1 and all(m in models.MODELS for m in cfg.models),
-           "models", f"a non-empty subset of {models.MODELS}", cfg.models)
-  _require(len(set(cfg.models)) == len(cfg.models), "models", "free of repeats", cfg.models)
-  _require(cfg.num_seeds >= 1, "num_seeds", ">= 1", cfg.num_seeds)
-  _require(all(lr > 0 for lr in cfg.learning_rates), "learning_rates",
-           "positive numbers", cfg.learning_rates)
-  d = cfg.data
-  for name in ("name", "test_name"):
-    value = getattr(d, name)
-    if name == "test_name" and value is None:
-      continue
-    _require(value in synthetic.GENERATORS, f"data.{name}",
-             f"one of {sorted(synthetic.GENERATORS)}", value)
-  _require(d.num_classes >= 2, "data.num_classes", ">= 2", d.num_classes)
-  _require(2 <= d.num_active_classes <= d.num_classes, "data.num_active_classes",
-           f"in [2, num_classes={d.num_classes}]", d.num_active_classes)
-  for name in ("input_dim", "data_embed_dim", "num_context_points", "num_queries",
-               "num_train", "num_val", "num_test", "num_mixture_components"):
-    _require(getattr(d, name) >= 1, f"data.{name}", ">= 1", getattr(d, name))
-  _require(d.amplitude > 0, "data.amplitude", "> 0", d.amplitude)
-  m = cfg.model
-  _require(m.num_layers >= 1, "model.num_layers", ">= 1 (K, the number of GD steps)",
-           m.num_layers)
-  _require(m.kernel in kernels.KERNELS, "model.kernel", f"one of {kernels.KERNELS}",
-           m.kernel)
-  _require(m.embed_dim >= 1, "model.embed_dim", ">= 1", m.embed_dim)
-  _require(m.init_scale is None or m.init_scale > 0, "model.init_scale",
-           "None or > 0", m.init_scale)
-  _require(m.init_kernel_scale > 0, "model.init_kernel_scale", "> 0", m.init_kernel_scale)
-  _require(m.token_layout in ("exact", "paper"), "model.token_layout",
-           "'exact' or 'paper'", m.token_layout)
-  for name in ("num_heads", "mlp_hidden", "transformer_dim", "transformer_heads",
-               "transformer_mlp"):
-    _require(getattr(m, name) >= 1, f"model.{name}", ">= 1", getattr(m, name))
-  _require(m.transformer_dim % m.transformer_heads == 0, "model.transformer_dim",
-           f"a multiple of transformer_heads={m.transformer_heads}", m.transformer_dim)
-  unknown = sorted(set(cfg.optim_overrides) - set(models.MODELS))
-  _require(not unknown, "optim_overrides", f"keyed by model names {models.MODELS}", unknown)
+  from gdattn import tasks  # pylint: disable=g-import-not-at-top
+
+  task = tasks.get(cfg.task)
+  names = task.model_names
+  require(len(cfg.models) >= 1 and all(m in names for m in cfg.models),
+          "models", f"a non-empty subset of {names} (task {cfg.task!r})",
+          cfg.models)
+  require(len(set(cfg.models)) == len(cfg.models), "models", "free of repeats",
+          cfg.models)
+  require(isinstance(cfg.num_seeds, int) and cfg.num_seeds >= 1, "num_seeds",
+          "an integer >= 1", cfg.num_seeds)
+  require(all(_finite_positive(lr) for lr in cfg.learning_rates),
+          "learning_rates", "finite positive numbers", cfg.learning_rates)
+  task.validate(cfg.data, cfg.model)
+  unknown = sorted(set(cfg.optim_overrides) - set(names))
+  if unknown:
+    close = difflib.get_close_matches(unknown[0], names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    require(False, f"optim_overrides.{unknown[0]}",
+            f"keyed by one of the task's models {names}{hint}", unknown)
   for name in cfg.models:
     where = f"optim_overrides.{name}" if name in cfg.optim_overrides else "optim"
-    try:
-      o = cfg.optim_for(name)
-    except TypeError as e:
-      raise ValueError(f"config.{where}: {e}") from None
-    _require(o.optimizer in OPTIMIZERS, f"{where}.optimizer", f"one of {OPTIMIZERS}",
-             o.optimizer)
-    _require(o.learning_rate > 0, f"{where}.learning_rate", "> 0", o.learning_rate)
-    _require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"{where}.b1/b2", "in [0, 1)", (o.b1, o.b2))
-    _require(o.eps > 0, f"{where}.eps", "> 0", o.eps)
-    _require(o.weight_decay >= 0, f"{where}.weight_decay", ">= 0", o.weight_decay)
-    _require(o.clip_norm is None or o.clip_norm > 0, f"{where}.clip_norm",
-             "None or > 0", o.clip_norm)
-    _require(0 < o.decay_rate <= 1, f"{where}.decay_rate", "in (0, 1]", o.decay_rate)
-    _require(o.decay_steps >= 1, f"{where}.decay_steps", ">= 1", o.decay_steps)
+    fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    bad = sorted(set(cfg.optim_overrides.get(name, {})) - fields)
+    require(not bad, where, f"fields of optim {sorted(fields)}", bad)
+    o = cfg.optim_for(name)
+    require(o.optimizer in OPTIMIZERS, f"{where}.optimizer",
+            f"one of {OPTIMIZERS}", o.optimizer)
+    require(_finite_positive(o.learning_rate), f"{where}.learning_rate",
+            "a finite number > 0", o.learning_rate)
+    require(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"{where}.b1/b2", "in [0, 1)",
+            (o.b1, o.b2))
+    require(_finite_positive(o.eps), f"{where}.eps", "a finite number > 0",
+            o.eps)
+    require(0 <= o.weight_decay < math.inf, f"{where}.weight_decay",
+            "a finite number >= 0", o.weight_decay)
+    require(o.clip_norm is None or _finite_positive(o.clip_norm),
+            f"{where}.clip_norm", "None or a finite number > 0", o.clip_norm)
+    require(o.schedule in SCHEDULES, f"{where}.schedule",
+            f"one of {SCHEDULES}", o.schedule)
+    require(0 < o.decay_rate <= 1, f"{where}.decay_rate", "in (0, 1]",
+            o.decay_rate)
+    require(o.decay_steps >= 1, f"{where}.decay_steps", ">= 1", o.decay_steps)
+    require(0 <= o.warmup_steps, f"{where}.warmup_steps", ">= 0",
+            o.warmup_steps)
+    require(o.schedule != "cosine" or o.warmup_steps < o.decay_steps,
+            f"{where}.warmup_steps", f"< decay_steps={o.decay_steps} (cosine)",
+            o.warmup_steps)
   t = cfg.train
-  _require(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
-  _require(t.batch_size <= d.num_train, "train.batch_size",
-           f"<= data.num_train (L = {d.num_train})", t.batch_size)
-  _require(t.num_epochs >= 1, "train.num_epochs", ">= 1", t.num_epochs)
-  _require(t.eval_every >= 1, "train.eval_every", ">= 1", t.eval_every)
-  _require(t.patience is None or t.patience >= 1, "train.patience", "None or >= 1",
-           t.patience)
-  _require(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1", t.eval_batch_size)
-  _require(t.members_per_step is None or t.members_per_step >= 1,
-           "train.members_per_step", "None or >= 1", t.members_per_step)
-  _require(t.microbatch_size is None or (
+  require(t.batch_size >= 1, "train.batch_size", ">= 1", t.batch_size)
+  require(t.num_epochs >= 1, "train.num_epochs", ">= 1", t.num_epochs)
+  require(t.eval_every >= 1, "train.eval_every", ">= 1", t.eval_every)
+  require(t.patience is None or t.patience >= 1, "train.patience",
+          "None or >= 1", t.patience)
+  require(t.eval_batch_size >= 1, "train.eval_batch_size", ">= 1",
+          t.eval_batch_size)
+  require(t.members_per_step is None or t.members_per_step >= 1,
+          "train.members_per_step", "None or >= 1", t.members_per_step)
+  require(t.microbatch_size is None or (
       t.microbatch_size >= 1 and t.batch_size % t.microbatch_size == 0),
-           "train.microbatch_size", f"None or a divisor of batch_size={t.batch_size}",
-           t.microbatch_size)
+          "train.microbatch_size",
+          f"None or a divisor of batch_size={t.batch_size}", t.microbatch_size)
+  num_train = getattr(cfg.data, "num_train", None)
+  if num_train is not None and not getattr(cfg.data, "fresh_contexts", False):
+    require(t.batch_size <= num_train, "train.batch_size",
+            f"<= data.num_train (L = {num_train})", t.batch_size)
+
+
+def check_devices(cfg: ExperimentConfig, num_devices: int) -> None:
+  """The data-parallel split must divide the microbatch (checked up front)."""
+  t = cfg.train
+  micro = t.microbatch_size or t.batch_size
+  require(micro % num_devices == 0, "train.microbatch_size",
+          f"(or batch_size when it is None) divisible by the {num_devices}"
+          " devices (data parallel)", micro)

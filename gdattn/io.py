@@ -133,6 +133,12 @@ def save_results(workdir: str, results: Mapping[str, Any]) -> str:
   return _write_json(workdir, "results.json", results)
 
 
+def load_json(path: str) -> Any:
+  """The object in a JSON file written by save_results / save_config."""
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
 def _write_json(workdir: str, name: str, obj: Any) -> str:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, name)
@@ -211,6 +217,32 @@ class Checkpointer:
         target,
         restored,
     )
+
+  def restore_latest_good(self, target: Any) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that restores, or (None, target).
+
+    A checkpoint that fails to restore (truncated or corrupted files) is
+    skipped with a warning naming it and the one used instead; if there are
+    checkpoints but none restores, raises naming the directory.
+    """
+    steps = self.all_steps()
+    failures = []
+    for step in reversed(steps):
+      try:
+        state = self.restore(step, target)
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+        continue
+      if failures:
+        logging.warning(
+            "%s: unreadable checkpoint(s) %s; resuming from step %d instead.",
+            self.directory, "; ".join(failures), step)
+      return step, state
+    if steps:
+      raise RuntimeError(
+          f"no usable checkpoint in {self.directory} ({'; '.join(failures)});"
+          " delete that directory to start the model again")
+    return None, target
 
   def wait(self) -> None:
     """Blocks until pending saves finish (saves are already synchronous)."""

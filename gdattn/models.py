@@ -19,6 +19,8 @@ Every model maps (x_ctx [B,N,D], y_ctx [B,N], x_query [B,T,D]) to logits
 References: arXiv:2405.17248 (sections 3-5) and its follow-on on MLPs.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -276,3 +278,95 @@ class _TransformerBlock(nnx.Module):
 def count_params(model: nnx.Module) -> int:
   """Number of trainable scalars (nnx.Param leaves)."""
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# ----------------------------------------------------------------------------
+# Configuration and the factory: one nested config per model family.
+
+
+@dataclasses.dataclass(frozen=True)
+class GDConfig:
+  """Fields of the GD model only (the shared ones are in ICLModelConfig)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedTFConfig:
+  num_heads: int = 2                # self-attention heads per block
+  token_layout: str = "exact"       # "exact" (one E slot per block) | "paper"
+
+
+@dataclasses.dataclass(frozen=True)
+class GDMLPConfig:
+  mlp_hidden: int = 16              # hidden width of the MLP writing E
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  model_dim: int = 64
+  num_heads: int = 4
+  mlp_hidden: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class ICLModelConfig:
+  """The in-context classifiers: shared fields, then one section per model."""
+
+  num_layers: int = 1               # K (= GD steps for the GD models)
+  kernel: str = "softmax"           # one of kernels.KERNELS
+  embed_dim: int = 5                # E of the model's W_e
+  init_scale: float | None = None   # None: 0.002 (GD, GDMLP), 0.002/K (TrainedTF)
+  init_kernel_scale: float = 1.0    # GD, GDMLP: initial s
+  fix_last_class: bool = True       # pin W_e's last row to 0 (the original)
+  gd: GDConfig = GDConfig()
+  trained_tf: TrainedTFConfig = TrainedTFConfig()
+  gdmlp: GDMLPConfig = GDMLPConfig()
+  transformer: TransformerConfig = TransformerConfig()
+
+
+def make_icl_model(name: str, cfg: ICLModelConfig, *, input_dim: int,
+                   num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds in-context classifier `name` (one of MODELS) from its config."""
+  common = dict(num_classes=num_classes, embed_dim=cfg.embed_dim,
+                num_layers=cfg.num_layers, fix_last_class=cfg.fix_last_class,
+                rngs=rngs)
+  init = {} if cfg.init_scale is None else {"init_scale": cfg.init_scale}
+  if name == "gd":
+    return GD(kernel=cfg.kernel, init_kernel_scale=cfg.init_kernel_scale,
+              **init, **common)
+  if name == "gdmlp":
+    return GDMLP(kernel=cfg.kernel, init_kernel_scale=cfg.init_kernel_scale,
+                 mlp_hidden=cfg.gdmlp.mlp_hidden, **init, **common)
+  if name == "trained_tf":
+    return TrainedTF(input_dim=input_dim, kernel=cfg.kernel,
+                     num_heads=cfg.trained_tf.num_heads,
+                     token_layout=cfg.trained_tf.token_layout, **init, **common)
+  if name == "transformer":
+    t = cfg.transformer
+    return Transformer(input_dim=input_dim, model_dim=t.model_dim,
+                       num_heads=t.num_heads, mlp_hidden=t.mlp_hidden, **common)
+  raise ValueError(f"model name must be one of {MODELS}, got {name!r}")
+
+
+def validate_icl_config(m: ICLModelConfig, require) -> None:
+  """Checks ICLModelConfig; `require(ok, field, expected, got)` raises."""
+  require(m.num_layers >= 1, "model.num_layers",
+          ">= 1 (K, the number of GD steps)", m.num_layers)
+  require(m.kernel in kernels.KERNELS, "model.kernel",
+          f"one of {kernels.KERNELS}", m.kernel)
+  require(m.embed_dim >= 1, "model.embed_dim", ">= 1", m.embed_dim)
+  require(m.init_scale is None or 0 < m.init_scale < float("inf"),
+          "model.init_scale", "None or a finite number > 0", m.init_scale)
+  require(0 < m.init_kernel_scale < float("inf"), "model.init_kernel_scale",
+          "a finite number > 0", m.init_kernel_scale)
+  require(m.trained_tf.token_layout in ("exact", "paper"),
+          "model.trained_tf.token_layout", "'exact' or 'paper'",
+          m.trained_tf.token_layout)
+  for field, value in (("trained_tf.num_heads", m.trained_tf.num_heads),
+                       ("gdmlp.mlp_hidden", m.gdmlp.mlp_hidden),
+                       ("transformer.model_dim", m.transformer.model_dim),
+                       ("transformer.num_heads", m.transformer.num_heads),
+                       ("transformer.mlp_hidden", m.transformer.mlp_hidden)):
+    require(value >= 1, f"model.{field}", ">= 1", value)
+  t = m.transformer
+  require(t.model_dim % t.num_heads == 0, "model.transformer.model_dim",
+          f"a multiple of transformer.num_heads={t.num_heads}", t.model_dim)

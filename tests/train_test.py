@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import synthetic as synthetic_config
 from gdattn import config as config_lib
+from gdattn import tasks
+from gdattn.configs import synthetic as synthetic_config
 from gdattn import io
 from gdattn import train
 
@@ -41,7 +42,7 @@ def smoke(**overrides):
 
 def _run_main(workdir, *flags, env=None, wait=True):
   cmd = [sys.executable, "-m", "experiments.main",
-         "--config=experiments/configs/synthetic.py:smoke",
+         "--config=gdattn/configs/synthetic.py:smoke",
          f"--workdir={workdir}", *flags]
   proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -132,7 +133,7 @@ def test_members_in_chunks_equal_all_members_vmapped():
     cfg = config_lib.from_configdict(smoke(
         num_seeds=3, **{"optim.learning_rate": 0.02,
                         "train.members_per_step": members_per_step}))
-    trainer = train.make_trainer(cfg, "gd", train.make_datasets(cfg.data))
+    trainer = train.make_trainer(cfg, "gd", tasks.get("synthetic").make_datasets(cfg.data))
     (_, params, _, loss), = trainer.epoch_chunks(3, 3)
     return params, loss
   (chunked, chunked_loss), (together, together_loss) = trained(2), trained(None)
@@ -145,12 +146,12 @@ def test_members_in_chunks_equal_all_members_vmapped():
 
 def test_epoch_chunks_equal_one_run_epochs_call():
   cfg = config_lib.from_configdict(smoke(**{"optim.learning_rate": 0.02}))
-  trainer = train.make_trainer(cfg, "gd", train.make_datasets(cfg.data))
+  trainer = train.make_trainer(cfg, "gd", tasks.get("synthetic").make_datasets(cfg.data))
   chunks = list(trainer.epoch_chunks(5, 2))
   assert [done for done, *_ in chunks] == [2, 4, 5]
   whole = trainer.program.run_epochs(
-      trainer.params, trainer.opt_state, trainer.shuffle_keys, trainer.lr_S,
-      trainer.data["train"], np.arange(5))
+      trainer.params, trainer.opt_state, trainer.keys, trainer.lr_S,
+      trainer.datasets.train, np.arange(5))
   np.testing.assert_allclose(
       np.concatenate([loss for *_, loss in chunks]), whole[2], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(chunks[-1][1]), jax.tree.leaves(whole[0])):

@@ -1,0 +1,131 @@
+"""The paper's synthetic in-context classification task (SPEC section 5).
+
+One fixed draw per run (data.seed): W_data and the train / val / test
+contexts, as the paper does; test metrics come with the Bayes references of
+the true generative probabilities. Models: gdattn.models (GD, TrainedTF,
+GDMLP, Transformer), each (x_ctx, y_ctx, x_query) -> logits [B, T, C].
+
+References: arXiv:2405.17248 (synthetic experiments).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+from flax import nnx
+
+from gdattn import config as config_lib
+from gdattn import metrics
+from gdattn import models
+from gdattn.data import synthetic
+from gdattn.tasks.base import Datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  name: str = "high_dim"            # training (and validation) generator
+  test_name: str | None = None      # test generator; None = same as `name`
+  num_classes: int = 25             # C
+  input_dim: int = 10               # D (random_grid forces 2)
+  data_embed_dim: int = 5           # E of W_data (the generative embedding)
+  num_context_points: int = 125     # N
+  num_queries: int = 1              # T
+  num_active_classes: int = 5       # J
+  amplitude: float = 10.0           # lambda
+  num_train: int = 2048             # L
+  num_val: int = 2048
+  num_test: int = 2048
+  seed: int = 5                     # one draw of W_data and the data sets
+  num_mixture_components: int = 10
+  mixture_scale: float = 2.0
+
+
+def make_contexts(cfg: DataConfig) -> dict[str, synthetic.Contexts]:
+  """The fixed train/val/test contexts of one draw (key = cfg.seed)."""
+  # One compiled program: eager vmapped generators would compile per primitive.
+  return jax.jit(_make_contexts, static_argnums=0)(cfg, jax.random.key(cfg.seed))
+
+
+def _make_contexts(cfg, key):
+  k_w, k_mix, *k_split = jax.random.split(key, 5)
+  w_data = synthetic.class_embeddings(k_w, cfg.num_classes, cfg.data_embed_dim)
+  mixture_logits = synthetic.mixture_components(
+      k_mix, cfg.num_classes, cfg.num_mixture_components, cfg.mixture_scale)
+
+  def generate(name, key, num):
+    kwargs = dict(num_contexts=num, num_context_points=cfg.num_context_points,
+                  num_queries=cfg.num_queries, amplitude=cfg.amplitude)
+    if name != "random_grid":
+      kwargs.update(input_dim=cfg.input_dim,
+                    num_active_classes=cfg.num_active_classes)
+    if name == "mixture":
+      kwargs.update(mixture_logits_MxC=mixture_logits)
+    return synthetic.make_contexts(key, name, w_data, **kwargs)
+
+  test_name = cfg.test_name or cfg.name
+  return {
+      "train": generate(cfg.name, k_split[0], cfg.num_train),
+      "val": generate(cfg.name, k_split[1], cfg.num_val),
+      "test": generate(test_name, k_split[2], cfg.num_test),
+  }
+
+
+class SyntheticTask:
+  """Synthetic contexts from a known generative model (Bayes references)."""
+
+  name = "synthetic"
+  data_config = DataConfig
+  model_config = models.ICLModelConfig
+  model_names = models.MODELS
+  select_metric = "nll"
+
+  def validate(self, d: DataConfig, m: models.ICLModelConfig) -> None:
+    req = config_lib.require
+    for field in ("name", "test_name"):
+      value = getattr(d, field)
+      if field == "test_name" and value is None:
+        continue
+      req(value in synthetic.GENERATORS, f"data.{field}",
+          f"one of {sorted(synthetic.GENERATORS)}", value)
+    req(d.num_classes >= 2, "data.num_classes", ">= 2", d.num_classes)
+    req(2 <= d.num_active_classes <= d.num_classes, "data.num_active_classes",
+        f"in [2, num_classes={d.num_classes}]", d.num_active_classes)
+    for field in ("input_dim", "data_embed_dim", "num_context_points",
+                  "num_queries", "num_train", "num_val", "num_test",
+                  "num_mixture_components"):
+      req(getattr(d, field) >= 1, f"data.{field}", ">= 1", getattr(d, field))
+    req(0 < d.amplitude < float("inf"), "data.amplitude",
+        "a finite number > 0", d.amplitude)
+    req(0 <= d.mixture_scale < float("inf"), "data.mixture_scale",
+        "a finite number >= 0", d.mixture_scale)
+    models.validate_icl_config(m, req)
+
+  def make_datasets(self, d: DataConfig) -> Datasets:
+    data = make_contexts(d)
+    return Datasets(
+        # The training contexts are evaluated too (overfitting curves).
+        train=data["train"], evals=data,
+        info={"input_dim": int(data["train"].x_ctx.shape[-1]),
+              "num_classes": d.num_classes})
+
+  def make_model(self, name: str, m: models.ICLModelConfig,
+                 info: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+    return models.make_icl_model(name, m, input_dim=info["input_dim"],
+                                 num_classes=info["num_classes"], rngs=rngs)
+
+  def loss(self, model, batch: synthetic.Contexts) -> jax.Array:
+    return metrics.nll(model(batch.x_ctx, batch.y_ctx, batch.x_query),
+                       batch.y_query)
+
+  def predict(self, model, batch: synthetic.Contexts) -> jax.Array:
+    return model(batch.x_ctx, batch.y_ctx, batch.x_query)
+
+  def metrics(self, logits, data: synthetic.Contexts) -> dict[str, jax.Array]:
+    return metrics.compute_metrics(logits, data.y_query, data.probs_query)
+
+  def summary(self, datasets: Datasets) -> dict[str, float]:
+    ref = synthetic.bayes_reference(datasets.evals["test"])
+    return {"bayes": {k: float(v) for k, v in ref.items()}}
+
+
+TASK = SyntheticTask()

@@ -1,0 +1,163 @@
+"""The generic loop is task-agnostic: a toy task plugs in, trains, resumes.
+
+Also the workdir's safety: a changed config is refused, a finished model is
+final, two runs cannot share a workdir, a corrupt checkpoint falls back.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gdattn import config as config_lib
+from gdattn import io
+from gdattn import tasks
+from gdattn import train
+from gdattn import workdir as workdir_lib
+from gdattn.configs import synthetic as synthetic_config
+from gdattn.tasks.base import Datasets
+
+
+# A toy task in a dozen lines: least squares y = <w, x> with fresh samples.
+@dataclasses.dataclass(frozen=True)
+class ToyData:
+  dim: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyModel:
+  pass
+
+
+class ToyTask:
+  name, data_config, model_config = "toy", ToyData, ToyModel
+  model_names, select_metric = ("linear",), "mse"
+
+  def validate(self, d, m): config_lib.require(d.dim >= 1, "data.dim", ">= 1", d.dim)
+
+  def make_datasets(self, d):
+    w = jnp.arange(1.0, d.dim + 1)
+    sample = lambda key, n: (x := jax.random.normal(key, (n, d.dim)), x @ w)
+    return Datasets(sample_train=sample, steps_per_epoch=2,
+                    evals={"val": sample(jax.random.key(1), 64),
+                           "test": sample(jax.random.key(2), 64)})
+
+  def make_model(self, name, m, info, rngs): return nnx.Linear(3, 1, rngs=rngs)
+  def loss(self, model, batch): return jnp.mean((model(batch[0])[:, 0] - batch[1]) ** 2)
+  def predict(self, model, batch): return model(batch[0])[:, 0]
+  def metrics(self, pred, data): return {"mse": jnp.mean((pred - data[1]) ** 2)}
+  def summary(self, datasets): return {}
+
+
+tasks.register(ToyTask())
+
+
+def toy_config(**train):
+  return {"task": "toy", "models": ("linear",), "num_seeds": 2,
+          "optim": {"learning_rate": 0.3, "clip_norm": None},
+          "train": {"batch_size": 16, "microbatch_size": 8, "num_epochs": 30,
+                    "eval_every": 10, "progress": False, **train}}
+
+
+def test_toy_task_trains_checkpoints_and_resumes(tmp_path):
+  run = train.train(toy_config(), str(tmp_path / "full"))
+  member = run.results["linear"]["members"][0]
+  assert member["test_mse"] < 0.05 * 14  # well below the variance of y (14)
+  # The returned best parameters reproduce the reported test metric.
+  model = run.models["linear"].model(0)
+  test = run.datasets.evals["test"]
+  np.testing.assert_allclose(
+      float(jnp.mean((model(test[0])[:, 0] - test[1]) ** 2)),
+      member["test_mse"], rtol=1e-5)
+  # Stop after 10 epochs, then resume to 30: the same results as one run.
+  part = str(tmp_path / "part")
+  train.train(toy_config(num_epochs=30), part)
+  shutil.rmtree(os.path.join(part, "linear", "checkpoints", "30"))
+  shutil.rmtree(os.path.join(part, "linear", "checkpoints", "20"))
+  os.remove(os.path.join(part, "linear", "results.json"))
+  resumed = train.train(toy_config(num_epochs=30), part)
+  assert resumed.models["linear"].resumed_from == 10
+  assert resumed.results == run.results
+
+
+def test_changed_config_is_refused_naming_each_field(tmp_path):
+  smoke = synthetic_config.get_config("smoke")
+  smoke.models = ("gd",)
+  train.train(smoke, str(tmp_path))
+  changed = synthetic_config.get_config("smoke")
+  changed.models = ("gd",)
+  changed.data.seed = 6
+  changed.optim.learning_rate = 0.5
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"config.data.seed: 5 .* 6 now.*config.optim."
+                           r"learning_rate.*--overwrite"):
+    train.train(changed, str(tmp_path))
+  # The refused run wrote nothing: the config on disk is the old one.
+  assert io.load_json(os.path.join(tmp_path, "config.json"))["data"]["seed"] == 5
+  # Execution-only fields may change; --overwrite starts again.
+  smoke.train.progress = True
+  train.train(smoke, str(tmp_path))
+  res = train.train(changed, str(tmp_path), overwrite=True).results
+  assert io.load_json(os.path.join(tmp_path, "config.json"))["data"]["seed"] == 6
+  assert res["gd"]["members"][0]["lr"] == 0.5
+
+
+def test_early_stopped_model_is_final(tmp_path):
+  cfg = toy_config(patience=1, num_epochs=200)
+  cfg["optim"]["learning_rate"] = 5.0  # diverges at once: no gain after eval 1
+  cfg["optim"]["clip_norm"] = 1.0
+  first = train.train(cfg, str(tmp_path)).results["linear"]
+  assert first["stopped_early"] and first["epochs_run"] < 200
+  records = len(io.read_metrics(os.path.join(tmp_path, "linear")))
+  again = train.train(cfg, str(tmp_path)).results["linear"]
+  assert again == first
+  assert len(io.read_metrics(os.path.join(tmp_path, "linear"))) == records
+
+
+def test_two_runs_cannot_share_a_workdir(tmp_path):
+  cfg = config_lib.from_configdict(toy_config())
+  with workdir_lib.open_workdir(str(tmp_path), cfg):
+    with pytest.raises(workdir_lib.WorkdirError, match=r"in use by pid \d+"):
+      workdir_lib.open_workdir(str(tmp_path), cfg)
+  # Released on close (and by the kernel when a process dies).
+  workdir_lib.open_workdir(str(tmp_path), cfg).close()
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  run = train.train(toy_config(), str(tmp_path / "ref"))
+  part = str(tmp_path / "part")
+  train.train(toy_config(), part)
+  ckpt = os.path.join(part, "linear", "checkpoints")
+  os.remove(os.path.join(part, "linear", "results.json"))
+  for root, _, files in os.walk(os.path.join(ckpt, "30")):
+    for f in files:  # truncate every file of the newest checkpoint
+      open(os.path.join(root, f), "w").close()
+  again = train.train(toy_config(), part)
+  assert again.models["linear"].resumed_from == 20
+  assert "unreadable checkpoint" in caplog.text
+  assert again.results == run.results
+
+
+def test_old_workdir_without_format_marker_is_refused(tmp_path):
+  cfg = config_lib.from_configdict(toy_config())
+  with open(os.path.join(tmp_path, "config.json"), "w") as f:
+    json.dump({"models": ["gd"]}, f)
+  with pytest.raises(workdir_lib.WorkdirError, match="older gdattn"):
+    workdir_lib.open_workdir(str(tmp_path), cfg)
+
+
+def test_unknown_task_and_nested_model_field_are_named():
+  with pytest.raises(ValueError, match=r"config.task must be one of .*'toy'"):
+    config_lib.from_configdict({"task": "tyo"})
+  c = synthetic_config.get_config("smoke")
+  c.model.trained_tf.unlock()
+  c.model.trained_tf.num_head = 3
+  with pytest.raises(ValueError, match=r"model.trained_tf.*'num_head' \(did you"
+                                       r" mean 'num_heads'\?\)"):
+    config_lib.from_configdict(c)
