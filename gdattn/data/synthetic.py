@@ -407,3 +407,6 @@ def make_contexts(key: jax.Array, name: str, w_data_CxE: ArrayLike,
   if name not in GENERATORS:
     raise ValueError(f"name must be one of {sorted(GENERATORS)}, got {name!r}")
   return GENERATORS[name](key, w_data_CxE, **kwargs)
+
+# The authors' exact draw of this task (imports only gdattn.data.contexts).
+from gdattn.data.authors import authors_high_dim  # pylint: disable=unused-import,wrong-import-position
