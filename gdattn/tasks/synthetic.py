@@ -17,13 +17,15 @@ from flax import nnx
 from gdattn import config as config_lib
 from gdattn import metrics
 from gdattn import models
+from gdattn.data import authors
 from gdattn.data import synthetic
 from gdattn.tasks.base import Datasets
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  name: str = "high_dim"            # training (and validation) generator
+  name: str = "high_dim"            # training (and validation) generator, or
+                                    # "authors_high_dim": the authors' own draw
   test_name: str | None = None      # test generator; None = same as `name`
   num_classes: int = 25             # C
   input_dim: int = 10               # D (random_grid forces 2)
@@ -42,6 +44,9 @@ class DataConfig:
 
 def make_contexts(cfg: DataConfig) -> dict[str, synthetic.Contexts]:
   """The fixed train/val/test contexts of one draw (key = cfg.seed)."""
+  if cfg.name in authors.AUTHORS_DATASETS:
+    return {split: authors.authors_high_dim(split)[1]
+            for split in authors.SPLITS}
   # One compiled program: eager vmapped generators would compile per primitive.
   return jax.jit(_make_contexts, static_argnums=0)(cfg, jax.random.key(cfg.seed))
 
@@ -81,12 +86,29 @@ class SyntheticTask:
 
   def validate(self, d: DataConfig, m: models.ICLModelConfig) -> None:
     req = config_lib.require
+    if d.name in authors.AUTHORS_DATASETS:
+      # The authors' draw is one fixed data set: its settings are not free.
+      fixed = dict(num_classes=authors.NUM_CLASSES,
+                   data_embed_dim=authors.DATA_EMBED_DIM,
+                   input_dim=authors.INPUT_DIM,
+                   num_context_points=authors.NUM_CONTEXT_POINTS,
+                   num_queries=1, num_active_classes=authors.NUM_ACTIVE_CLASSES,
+                   amplitude=authors.AMPLITUDE, num_train=authors.NUM_CONTEXTS,
+                   num_val=authors.NUM_CONTEXTS, num_test=authors.NUM_CONTEXTS,
+                   test_name=None)
+      for field, value in fixed.items():
+        req(getattr(d, field) == value, f"data.{field}",
+            f"{value!r} with data.name={d.name!r} (the authors' draw)",
+            getattr(d, field))
+      models.validate_icl_config(m, req)
+      return
     for field in ("name", "test_name"):
       value = getattr(d, field)
       if field == "test_name" and value is None:
         continue
-      req(value in synthetic.GENERATORS, f"data.{field}",
-          f"one of {sorted(synthetic.GENERATORS)}", value)
+      allowed = sorted(synthetic.GENERATORS) + (
+          list(authors.AUTHORS_DATASETS) if field == "name" else [])
+      req(value in allowed, f"data.{field}", f"one of {allowed}", value)
     req(d.num_classes >= 2, "data.num_classes", ">= 2", d.num_classes)
     req(2 <= d.num_active_classes <= d.num_classes, "data.num_active_classes",
         f"in [2, num_classes={d.num_classes}]", d.num_active_classes)
