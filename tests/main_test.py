@@ -1,0 +1,52 @@
+"""The command line: one-line errors before any compute, print_config, reruns."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "--config=gdattn/configs/synthetic.py:smoke"
+
+
+def _main(*args):
+  proc = subprocess.run([sys.executable, "-m", "experiments.main", *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("flag,match", [
+    ("--config.train.num_epoch=3", 'Did you mean "num_epochs"'),
+    ("--config.optim.learning_rate=inf", "config.optim.learning_rate must be a"
+                                         " finite number > 0, got inf"),
+    ("--config.optim_overrides.mlp.learning_rate=1.0", "optim_overrides"),
+    ("--config.data.mixture_scale=-1.0", "config.data.mixture_scale"),
+    ("--config.model.trained_tf.token_layout=dense",
+     "config.model.trained_tf.token_layout"),
+])
+def test_bad_config_is_one_line_naming_the_field(tmp_path, flag, match):
+  workdir = str(tmp_path / "w")
+  rc, out, err = _main(SMOKE, flag, f"--workdir={workdir}")
+  assert rc == 2, (out, err)
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:"), err
+  assert match in lines[0]
+  assert not os.path.exists(workdir)  # nothing written before the check
+
+
+def test_print_config_lists_every_field_with_defaults():
+  rc, out, _ = _main(SMOKE, "--print_config")
+  assert rc == 0
+  assert "config.model.trained_tf.num_heads = 2" in out
+  assert "config.train.patience = None" in out
+
+
+def test_rerun_of_a_finished_workdir_prints_complete_at_once(tmp_path):
+  workdir = str(tmp_path / "w")
+  assert _main(SMOKE, "--config.models=gd", f"--workdir={workdir}")[0] == 0
+  rc, out, _ = _main(SMOKE, "--config.models=gd", f"--workdir={workdir}")
+  assert rc == 0 and "is complete" in out and "test accuracy" in out
+  rc, _, err = _main(SMOKE, "--config.models=gd", "--config.data.seed=6",
+                     f"--workdir={workdir}")
+  assert rc == 2 and "config.data.seed: 5 in the workdir, 6 now" in err
