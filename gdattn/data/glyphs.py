@@ -12,6 +12,7 @@ drawings coincide (Latin A, Greek Alpha, Cyrillic A) are merged into one by
 dropping all but the first, so classes are visually distinct.
 """
 
+import functools
 import os
 import pathlib
 import unicodedata
@@ -86,8 +87,13 @@ def candidate_characters(faces=DEFAULT_FACES, min_faces: int = 4,
   """Characters drawn by >= min_faces faces, visually distinct, in code order.
 
   Returns:
-    list of (codepoint, face indices that draw it).
+    tuple of (codepoint, face indices that draw it); memoised per process.
   """
+  return _candidates(tuple(faces), min_faces, probe_pixels)
+
+
+@functools.lru_cache(maxsize=4)
+def _candidates(faces, min_faces, probe_pixels):
   fonts = _fonts(faces)
   charmaps = [set(f.get_charmap()) for f in fonts]
   seen, out = set(), []
@@ -107,7 +113,7 @@ def candidate_characters(faces=DEFAULT_FACES, min_faces: int = 4,
       continue
     seen.add(signature)
     out.append((cp, tuple(have)))
-  return out
+  return tuple(out)
 
 
 def glyphs(*, num_classes: int = 1000, images_per_class: int = 20,
