@@ -109,36 +109,39 @@ def class_table(labels_M: ArrayLike, class_pool: ArrayLike,
                     count=jnp.asarray(count))
 
 
-def _distinct(key: jax.Array, n: jax.Array, k: int) -> jax.Array:
+def _distinct(u_2K: jax.Array, n: jax.Array, k: int) -> jax.Array:
   """k distinct uniform draws from [0, n) in uniformly random order.
 
   Robert Floyd's algorithm: O(k^2) work whatever n is, and n may be traced.
+  `u_2K` holds 2k uniforms in [0, 1): one random draw per context feeds every
+  choice, which keeps the compiled sampler small (one threefry call).
   """
-  keys = jax.random.split(key, k + 1)
-
-  def body(i, chosen_K):
+  chosen_K = jnp.full((k,), -1, jnp.int32)
+  for i in range(k):  # k = shots + queries is small and static
     j = n - k + i
-    t = jax.random.randint(keys[i], (), 0, j + 1)
-    return chosen_K.at[i].set(jnp.where(jnp.any(chosen_K == t), j, t))
-
-  chosen_K = jax.lax.fori_loop(0, k, body, jnp.full((k,), -1, jnp.int32))
+    t = jnp.minimum((u_2K[i] * (j + 1)).astype(jnp.int32), j)
+    chosen_K = chosen_K.at[i].set(jnp.where(jnp.any(chosen_K == t), j, t))
   # Floyd's set is uniform but its order is not (collisions append j).
-  return jax.random.permutation(keys[k], chosen_K)
+  return chosen_K[jnp.argsort(u_2K[k:])]
 
 
 def _one_context(key, features_MxD, table, ways, shots, num_queries):
-  k_cls, k_img, k_query, k_perm = jax.random.split(key, 4)
-  pos_W = jax.random.choice(k_cls, table.num_classes, (ways,), replace=False)
-  per_class = shots + num_queries
-  offsets_WxK = jax.vmap(lambda k, p: _distinct(k, table.count[p], per_class))(
-      jax.random.split(k_img, ways), pos_W)
+  per_class, n = shots + num_queries, ways * shots
+  sizes = (table.num_classes, ways * 2 * per_class, n, num_queries)
+  u = jax.random.uniform(key, (sum(sizes),))
+  u_P, u_img, u_N, u_T = jnp.split(u, np.cumsum(sizes)[:-1])
+  # The first W of a uniformly random order of the pool: W distinct classes
+  # in random order; position j is label j.
+  pos_W = jnp.argsort(u_P)[:ways]
+  offsets_WxK = jax.vmap(lambda uu, p: _distinct(uu, table.count[p], per_class))(
+      u_img.reshape(ways, 2 * per_class), pos_W)
   idx_WxK = table.order[table.start[pos_W][:, None] + offsets_WxK]
-  perm_N = jax.random.permutation(k_perm, ways * shots)
+  perm_N = jnp.argsort(u_N)
   idx_N = idx_WxK[:, :shots].reshape(-1)[perm_N]
   y_N = jnp.repeat(jnp.arange(ways, dtype=jnp.int32), shots)[perm_N]
   # Query t takes the reserved slot shots + t of its class: distinct from the
   # context images and from the other queries.
-  y_T = jax.random.randint(k_query, (num_queries,), 0, ways, jnp.int32)
+  y_T = jnp.minimum((u_T * ways).astype(jnp.int32), ways - 1)
   idx_T = idx_WxK[y_T, shots + jnp.arange(num_queries)]
   return ImageContexts(
       x_ctx=features_MxD[idx_N], y_ctx=y_N, x_query=features_MxD[idx_T],
