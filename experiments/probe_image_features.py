@@ -47,8 +47,8 @@ def main(_):
     row = {}
     t = time.time()
     c = out["test"]
-    lr_scores = jax.jit(baselines.batched("logistic_regression", ways=5))(
-        c.x_ctx, c.y_ctx, c.x_query)
+    lr_scores = jax.block_until_ready(jax.jit(baselines.batched(
+        "logistic_regression", ways=5))(c.x_ctx, c.y_ctx, c.x_query))
     row["logreg"] = baselines.scores_metrics(lr_scores, c.y_query)
     t_lr = time.time() - t
     for kernel in ("linear", "softmax"):
