@@ -54,7 +54,13 @@ def print_results(results, header=""):
       print(line + f"  (best epoch(s) "
             f"{sorted({m['best_epoch'] for m in res['members']})},"
             f" {res['epochs_run']} run)")
-  bayes = next(iter(results.values())).get("bayes")
+  first = next(iter(results.values()))
+  refs = sorted({k.rsplit("_", 1)[0] for k in first
+                 if k.endswith("_accuracy") and "_" in k})
+  for ref in refs:  # per-context baselines of the task (e.g. images)
+    print(f"{ref} (baseline): test accuracy {first[ref + '_accuracy']:.3f},"
+          f" test nll {first.get(ref + '_nll', float('nan')):.3f}")
+  bayes = first.get("bayes")
   if bayes:
     print(f"Bayes reference: mean max prob {bayes['bayes_max_prob']:.3f}, "
           f"NLL {bayes['bayes_nll']:.3f}")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gdattn import models
 from gdattn.data import features as features_lib
 from gdattn.data import fewshot
 from gdattn.tasks import image_icl
@@ -43,7 +44,7 @@ def test_deterministic_in_config(smoke_datasets):
 @pytest.mark.parametrize("name", image_icl.models.MODELS)
 def test_models_loss_predict_metrics(smoke_datasets, name):
   ds = smoke_datasets
-  model = TASK.make_model(name, image_icl.ModelConfig(), ds.info, nnx.Rngs(0))
+  model = TASK.make_model(name, models.ICLModelConfig(), ds.info, nnx.Rngs(0))
   batch = jax.tree.map(lambda a: a[:8], ds.evals["val"])
   logits = TASK.predict(model, batch)
   assert logits.shape == (8, 1, 5)
@@ -54,8 +55,8 @@ def test_models_loss_predict_metrics(smoke_datasets, name):
 
 
 def test_make_model_unknown():
-  with pytest.raises(ValueError, match="name: expected one of"):
-    TASK.make_model("svm", image_icl.ModelConfig(), {"num_classes": 5,
+  with pytest.raises(ValueError, match="model name must be one of"):
+    TASK.make_model("svm", models.ICLModelConfig(), {"num_classes": 5,
                                                      "input_dim": 3},
                     nnx.Rngs(0))
 
@@ -84,13 +85,13 @@ def test_fresh_contexts_sampler():
 def test_validate_names_the_field(field, value):
   cfg = dataclasses.replace(SMOKE, **{field: value})
   with pytest.raises(ValueError, match=f"config.data.{field}"):
-    TASK.validate(cfg, image_icl.ModelConfig())
+    TASK.validate(cfg, models.ICLModelConfig())
 
 
 def test_validate_model_and_accepts_defaults():
-  TASK.validate(image_icl.DataConfig(), image_icl.ModelConfig())
+  TASK.validate(image_icl.DataConfig(), models.ICLModelConfig())
   with pytest.raises(ValueError, match="config.model.kernel"):
-    TASK.validate(SMOKE, image_icl.ModelConfig(kernel="cosine"))
+    TASK.validate(SMOKE, models.ICLModelConfig(kernel="cosine"))
 
 
 def test_too_many_shots_names_the_field():
@@ -110,7 +111,7 @@ def test_feature_store_held_out_classes(tmp_path):
       dataset="feature_store", data_dir=str(path), features="store",
       split="held_out_classes", held_out_fraction=0.5, eval_fraction=0.5,
       shots=4, num_train=16, num_val=16, num_test=16, l2=True)
-  TASK.validate(cfg, image_icl.ModelConfig())
+  TASK.validate(cfg, models.ICLModelConfig())
   ds = TASK.make_datasets(cfg)
   held = set(np.asarray(ds.evals["test"].classes).ravel())
   assert not held & set(np.asarray(ds.train.classes).ravel())
@@ -172,3 +173,15 @@ def test_cnn_features_tiny_on_digits(tmp_path):
   again = TASK.make_datasets(cfg)  # read back from the cache
   np.testing.assert_array_equal(again.evals["test"].x_ctx,
                                 ds.evals["test"].x_ctx)
+
+
+def test_smoke_config_trains_through_the_engine(tmp_path):
+  from gdattn import train  # pylint: disable=g-import-not-at-top
+  from gdattn.configs import images  # pylint: disable=g-import-not-at-top
+  c = images.get_config("smoke")
+  c.models = ("gd",)
+  res = train.train(c, str(tmp_path)).results["gd"]
+  # 5-way contexts: chance is 0.2 and uniform predictions give NLL ln 5.
+  assert res["members"][0]["test_accuracy"] > 0.4
+  assert res["members"][0]["test_nll"] < np.log(5) - 0.2
+  assert res["logreg_accuracy"] > 0.4

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from gdattn import baselines
-from gdattn import kernels
+from gdattn import config as config_lib
 from gdattn import metrics
 from gdattn import models
 from gdattn.data import features as features_lib
@@ -60,26 +60,8 @@ class DataConfig:
   seed: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """config.model for the models of gdattn.models (num_classes = ways)."""
-  num_layers: int = 1
-  kernel: str = "softmax"
-  embed_dim: int = 5
-  init_scale: float | None = None
-  init_kernel_scale: float = 1.0
-  fix_last_class: bool = True
-  num_heads: int = 2
-  token_layout: str = "exact"
-  mlp_hidden: int = 16
-  transformer_dim: int = 64
-  transformer_heads: int = 4
-  transformer_mlp: int = 128
-
-
 def _require(ok: bool, field: str, expected: str, got: Any) -> None:
-  if not ok:
-    raise ValueError(f"config.{field}: expected {expected}, got {got!r}.")
+  config_lib.require(ok, field, expected, got)
 
 
 def _is_int(v, low):
@@ -129,11 +111,12 @@ class ImageICLTask:
 
   name = "image_icl"
   data_config = DataConfig
-  model_config = ModelConfig
+  model_config = models.ICLModelConfig
   model_names = models.MODELS
   select_metric = "nll"
 
-  def validate(self, data_cfg: DataConfig, model_cfg: ModelConfig) -> None:
+  def validate(self, data_cfg: DataConfig,
+               model_cfg: models.ICLModelConfig) -> None:
     d, m = data_cfg, model_cfg
     _require(d.dataset in DATASETS or d.dataset.startswith("tfds:"),
              "data.dataset", f"one of {DATASETS} or 'tfds:<name>'", d.dataset)
@@ -162,12 +145,7 @@ class ImageICLTask:
       v = getattr(d, field)
       _require(isinstance(v, float) and 0.0 < v < 1.0, f"data.{field}",
                "a float in (0, 1)", v)
-    _require(_is_int(m.num_layers, 1), "model.num_layers", "an int >= 1",
-             m.num_layers)
-    _require(m.kernel in kernels.KERNELS, "model.kernel",
-             f"one of {kernels.KERNELS}", m.kernel)
-    _require(_is_int(m.embed_dim, 1), "model.embed_dim", "an int >= 1",
-             m.embed_dim)
+    models.validate_icl_config(m, _require)
 
   def make_datasets(self, data_cfg: DataConfig) -> base.Datasets:
     cfg = data_cfg
@@ -211,30 +189,10 @@ class ImageICLTask:
     return base.Datasets(evals=evals, info=info,
                          train=fixed("train", keys[0], cfg.num_train))
 
-  def make_model(self, name: str, model_cfg: ModelConfig,
+  def make_model(self, name: str, model_cfg: models.ICLModelConfig,
                  info: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
-    m = model_cfg
-    common = dict(num_classes=info["num_classes"], embed_dim=m.embed_dim,
-                  num_layers=m.num_layers, fix_last_class=m.fix_last_class,
-                  rngs=rngs)
-    init = {} if m.init_scale is None else {"init_scale": m.init_scale}
-    if name == "gd":
-      return models.GD(kernel=m.kernel, init_kernel_scale=m.init_kernel_scale,
-                       **init, **common)
-    if name == "gdmlp":
-      return models.GDMLP(kernel=m.kernel, mlp_hidden=m.mlp_hidden,
-                          init_kernel_scale=m.init_kernel_scale, **init,
-                          **common)
-    if name == "trained_tf":
-      return models.TrainedTF(input_dim=info["input_dim"], kernel=m.kernel,
-                              num_heads=m.num_heads,
-                              token_layout=m.token_layout, **init, **common)
-    if name == "transformer":
-      return models.Transformer(
-          input_dim=info["input_dim"], model_dim=m.transformer_dim,
-          num_heads=m.transformer_heads, mlp_hidden=m.transformer_mlp,
-          **common)
-    raise ValueError(f"name: expected one of {self.model_names}, got {name!r}.")
+    return models.make_icl_model(name, model_cfg, input_dim=info["input_dim"],
+                                 num_classes=info["num_classes"], rngs=rngs)
 
   def predict(self, model: nnx.Module, batch: fewshot.ImageContexts
               ) -> jax.Array:
