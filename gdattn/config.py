@@ -29,7 +29,7 @@ SCHEDULES = ("staircase", "cosine")
 # Fields that change how a run executes but not what it computes; a workdir
 # may be resumed with different values of these (see gdattn.workdir).
 EXECUTION_FIELDS = ("train.progress", "train.members_per_step",
-                    "train.eval_batch_size")
+                    "train.eval_batch_size", "train.tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,8 @@ class TrainConfig:
   # the chunks run one after another. None = all members at once.
   members_per_step: int | None = None
   progress: bool = True             # tqdm progress bar
+  tensorboard: bool = False         # also write TensorBoard event files
+                                    # (<workdir>/<model>/tensorboard)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,6 +118,38 @@ class MetricsWriter:
     self.close()
 
 
+class TensorBoardWriter:
+  """Scalars as TensorBoard event files, without TensorFlow (tensorboardX).
+
+  One run directory per model; tags are "<split>/<metric>" with one curve
+  per member ("seed<s>_lr<lr>" under the logdir). Needs the `tensorboard`
+  extra (pip install tensorboardX).
+  """
+
+  def __init__(self, logdir: str):
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ImportError(
+          "config.train.tensorboard=True needs tensorboardX: pip install"
+          " tensorboardX (or the gdattn[tensorboard] extra)") from None
+    self._make = lambda name: SummaryWriter(os.path.join(logdir, name))
+    self._writers = {}
+
+  def write(self, step: int, member: str, split: str,
+            metrics: Mapping[str, Any]) -> None:
+    if member not in self._writers:
+      self._writers[member] = self._make(member)
+    w = self._writers[member]
+    for name, value in metrics.items():
+      w.add_scalar(f"{split}/{name}", float(value), global_step=int(step))
+    w.flush()
+
+  def close(self) -> None:
+    for w in self._writers.values():
+      w.close()
+
+
 def save_config(workdir: str, config: Any) -> str:
   """Writes config.json from a dict, dataclass or ConfigDict; returns path."""
   if hasattr(config, "to_dict"):  # ml_collections.ConfigDict, duck-typed.

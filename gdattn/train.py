@@ -224,6 +224,8 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
                         state["best_params"], trainer, start)
   writer = io.MetricsWriter(workdir)
   writer.truncate_after(start)  # drop records logged after the checkpoint
+  board = (io.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
+           if t.tensorboard else None)
   if start is not None:
     logging.warning("resumed %s from epoch %d (%s)", model_name, start,
                     workdir)
@@ -265,6 +267,12 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
       writer.write(epoch, {"split": TRAIN_LOSS, "model": model_name,
                            "seed": seed, "lr": lr,
                            "nll": float(loss[:, :, i].mean())})
+      if board is not None:
+        tag = f"seed{seed}_lr{lr:g}"
+        for split in splits:
+          board.write(epoch, tag, split,
+                      {k: v[i] for k, v in evals[split].items()})
+        board.write(epoch, tag, TRAIN_LOSS, {"loss": loss[:, :, i].mean()})
     ckpt.save(epoch, state)
     progress.update(count)
     progress.set_postfix(loss=f"{loss[-1].mean():.4f}",
@@ -272,6 +280,8 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
                             f"{evals['val'][select].mean():.4f}"})
   progress.close()
   writer.close()
+  if board is not None:
+    board.close()
   ckpt.close()
   results = summarise(cfg, trainer, state, datasets)
   _warn_if_poor(model_name, results)

@@ -161,3 +161,33 @@ def test_unknown_task_and_nested_model_field_are_named():
   with pytest.raises(ValueError, match=r"model.trained_tf.*'num_head' \(did you"
                                        r" mean 'num_heads'\?\)"):
     config_lib.from_configdict(c)
+
+
+def read_scalars(logdir):
+  """{tag: [(step, value)]} from TensorBoard event files (TFRecord framing:
+  length, its crc, the Event proto, its crc)."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path):
+  train.train(toy_config(tensorboard=True), str(tmp_path))
+  board = os.path.join(tmp_path, "linear", "tensorboard", "seed0_lr0.3")
+  scalars = read_scalars(board)
+  jsonl = [r for r in io.read_metrics(os.path.join(tmp_path, "linear"))
+           if r["split"] == "test" and r["seed"] == 0]
+  assert [s for s, _ in scalars["test/mse"]] == [10, 20, 30]
+  np.testing.assert_allclose([v for _, v in scalars["test/mse"]],
+                             [r["mse"] for r in jsonl], rtol=1e-6)

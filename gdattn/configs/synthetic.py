@@ -106,6 +106,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.train.eval_batch_size = 512
   c.train.members_per_step = config_dict.placeholder(int)  # None: all vmapped
   c.train.progress = True
+  c.train.tensorboard = False  # event files next to metrics.jsonl (tensorboardX)
 
   if variant == "demo":
     c.optim.learning_rate = 1e-2
