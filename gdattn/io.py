@@ -285,13 +285,31 @@ class Checkpointer:
     self._manager.close()
 
 
+_SPLIT_STYLES = {"train": ":", "val": "--", "test": "-"}
+
+
 def plot_curves(
     workdir_or_records: str | Iterable[Mapping[str, Any]],
     path: str,
     metrics: Iterable[str] = ("nll", "accuracy"),
     xlabel: str = "step",
+    references: Mapping[str, tuple[str, float]] | None = None,
+    best_steps: Mapping[str, int] | None = None,
 ) -> str:
-  """Saves a PNG with one panel per metric, one line per (model, split)."""
+  """Saves a PNG with one panel per metric, one line per (model, split).
+
+  Colour = model, line style = split (train dotted, val dashed, test solid).
+
+  Args:
+    workdir_or_records: a workdir holding metrics.jsonl, or its records.
+    path: the PNG to write.
+    metrics: one panel per metric.
+    xlabel: the x axis label.
+    references: {metric: (label, value)} drawn as a grey horizontal line
+      (e.g. the Bayes NLL and mean max probability).
+    best_steps: {model: step} marked with a dot on its test curve (the
+      early-stopping choice).
+  """
   # Figure without pyplot: renders with Agg and never touches a display or
   # matplotlib's global backend state; imported lazily to keep import light.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -302,8 +320,11 @@ def plot_curves(
       else list(workdir_or_records)
   )
   metrics = tuple(metrics)
+  references, best_steps = references or {}, best_steps or {}
   fig = Figure(figsize=(5 * len(metrics), 4), layout="constrained")
   axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+  models = sorted({str(r.get("model", "")) for r in records})
+  colours = {m: f"C{i}" for i, m in enumerate(models)}
   for ax, metric in zip(axes, metrics):
     lines: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for r in records:
@@ -313,9 +334,18 @@ def plot_curves(
     for (model, split), points in sorted(lines.items()):
       steps, values = zip(*sorted(points))
       label = " ".join(p for p in (model, split) if p) or metric
-      ax.plot(steps, values, label=label)
+      ax.plot(steps, values, label=label, color=colours[model],
+              linestyle=_SPLIT_STYLES.get(split, "-."))
+      if split == "test" and model in best_steps:
+        at = dict(zip(steps, values)).get(best_steps[model])
+        if at is not None:
+          ax.plot([best_steps[model]], [at], "o", color=colours[model],
+                  label=f"{model} best val (epoch {best_steps[model]})")
+    if metric in references:
+      label, value = references[metric]
+      ax.axhline(value, color="0.5", linewidth=1, label=label)
     ax.set(xlabel=xlabel, ylabel=metric, title=metric)
     if lines:
-      ax.legend()
+      ax.legend(fontsize="small")
   fig.savefig(path, dpi=100)
   return path

@@ -380,8 +380,18 @@ def train(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     for name in cfg.models:
       records += mean_curves(io.read_metrics(os.path.join(workdir, name)))
     io.plot_curves(records, os.path.join(workdir, "curves.png"),
-                   xlabel="epoch")
+                   xlabel="epoch", references=_references(run.results),
+                   best_steps={name: m.results["members"][0]["best_epoch"]
+                               for name, m in trained.items()})
   return run
+
+
+def _references(results):
+  bayes = next(iter(results.values())).get("bayes")
+  if not bayes:
+    return {}
+  return {"nll": ("Bayes NLL", bayes["bayes_nll"]),
+          "accuracy": ("Bayes mean max prob", bayes["bayes_max_prob"])}
 
 
 def train_and_evaluate(config: Any, workdir: str, *,
