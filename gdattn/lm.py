@@ -112,7 +112,10 @@ class LMConfig:
 
 
 def _normal(rngs, shape, std):
-  return nnx.Param(std * jax.random.normal(rngs.params(), shape))
+  # A flat draw: threefry compiles in ~0.1 s for rank 1 but takes seconds
+  # for rank-3/4 shapes on CPU, which dominated model construction.
+  size = math.prod(shape)
+  return nnx.Param(std * jax.random.normal(rngs.params(), (size,)).reshape(shape))
 
 
 def _norm(dim, rngs):
@@ -157,8 +160,7 @@ class _GDBlocks(nnx.Module):
     e, h, k = cfg.model_dim, cfg.num_heads, cfg.num_layers
     self.cfg = cfg
     self.query_scale = nnx.Param(cfg.init_query_scale * jnp.ones((h, e)))
-    noise = cfg.init_std / math.sqrt(2 * k) * jax.random.normal(
-        rngs.params(), (k, h * e, e))
+    noise = _normal(rngs, (k, h * e, e), cfg.init_std / math.sqrt(2 * k))[...]
     eye = jnp.tile(jnp.eye(e), (h, 1)) * (cfg.gd_init_lr / h)
     self.w_o = nnx.Param(noise + eye[None])
     self.mlps = nnx.List([
@@ -206,6 +208,11 @@ class _TokenReadout(nnx.Module):
     self.wte = _normal(rngs, (cfg.vocab_size, cfg.model_dim), cfg.init_std)
     self.ln_tok = _norm(cfg.model_dim, rngs) if cfg.layernorm else None
     self.ln_out = _norm(cfg.model_dim, rngs) if cfg.layernorm else None
+    if self.ln_out is not None:
+      # LN(f) . LN(w) of two unit-scale normalised vectors has std sqrt(E):
+      # an initial loss far above log V. A learnable scale starting at 1/E
+      # gives logits of std E^-1/2, close to uniform, like GPT's init.
+      self.ln_out.scale[...] = jnp.full((cfg.model_dim,), 1.0 / cfg.model_dim)
     self.w_out = None if cfg.tie_embeddings else _normal(
         rngs, (cfg.vocab_size, cfg.model_dim), cfg.init_std)
 

