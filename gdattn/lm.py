@@ -191,13 +191,24 @@ class _GDBlocks(nnx.Module):
     """f at all P slots after K steps. att: [H, S, S] or [B, H, S, S]."""
     b, s, e = emb_BxSxE.shape
     chunk = self.cfg.vocab_chunk_size
-    pattern = "hji,bie->bjhe" if att.ndim == 3 else "bhji,bie->bjhe"
     f_BxPxE = jnp.zeros((b, s + 1, e), emb_BxSxE.dtype)
     for k in range(self.cfg.num_layers):  # K is small and static
       value_BxSxE = emb_BxSxE - lm_ops.expected_embedding(f_BxPxE[:, :s], w_VxE, chunk)
-      upd_BxSxE = _drop(self.drop, self.merge(k, jnp.einsum(pattern, att, value_BxSxE)))
+      upd_BxSxE = _drop(self.drop, self.merge(k, _apply_heads(att, value_BxSxE)))
       f_BxPxE = self.after_step(k, f_BxPxE + jnp.pad(upd_BxSxE, ((0, 0), (1, 0), (0, 0))))
     return f_BxPxE
+
+
+def _apply_heads(att, value_BxSxE):
+  """sum_i a_h(j, i) v_i -> [B, S, H, E]; att [H, S, S] or [B, H, S, S]."""
+  if att.ndim == 4:
+    return jnp.einsum("bhji,bie->bjhe", att, value_BxSxE)
+  # Shared over the batch: one [H S, S] x [S, B E] product (2.5x faster on
+  # CPU than the einsum, which XLA lowers with a batch-major layout).
+  b, s, e = value_BxSxE.shape
+  h = att.shape[0]
+  out = att.reshape(h * s, s) @ jnp.moveaxis(value_BxSxE, 0, 1).reshape(s, b * e)
+  return jnp.transpose(out.reshape(h, s, b, e), (2, 1, 0, 3))
 
 
 class _TokenReadout(nnx.Module):
@@ -212,7 +223,9 @@ class _TokenReadout(nnx.Module):
       # LN(f) . LN(w) of two unit-scale normalised vectors has std sqrt(E):
       # an initial loss far above log V. A learnable scale starting at 1/E
       # gives logits of std E^-1/2, close to uniform, like GPT's init.
-      self.ln_out.scale[...] = jnp.full((cfg.model_dim,), 1.0 / cfg.model_dim)
+      # (Scaling the ones keeps a strong dtype; a weak-typed value would make
+      # every optimiser step recompile.)
+      self.ln_out.scale[...] = self.ln_out.scale[...] / cfg.model_dim
     self.w_out = None if cfg.tie_embeddings else _normal(
         rngs, (cfg.vocab_size, cfg.model_dim), cfg.init_std)
 
