@@ -283,35 +283,30 @@ class GDLanguageModel(nnx.Module):
     for k in range(cfg.num_layers):  # slot 0 sees no key: only the MLPs act
       f_in.append(f)
       f = self.gd.after_step(k, f)
+    # The weights depend on positions only: every decode step reads one row.
+    att_HxMxM = self.gd.weights(self.covariates(max_len + 1))
     return {"values": jnp.zeros((cfg.num_layers, batch_size, max_len, cfg.model_dim), dtype),
-            "f_in": jnp.stack(f_in), "pos": jnp.zeros((), jnp.int32)}
+            "f_in": jnp.stack(f_in), "att": att_HxMxM, "pos": jnp.zeros((), jnp.int32)}
 
   def decode_step(self, cache, token_B):
     """Feeds the token at position cache["pos"]; logits [B, V] of the next."""
     cfg, gd = self.cfg, self.gd
     j = cache["pos"]
-    max_len = cache["values"].shape[2]
     w_VxE = self.tok.token_embedding()
     emb_BxE = w_VxE[token_B]
     new_v = emb_BxE[None] - lm_ops.expected_embedding(
         cache["f_in"], w_VxE, cfg.vocab_chunk_size)
     values = jax.lax.dynamic_update_slice_in_dim(
         cache["values"], new_v[:, :, None], j, axis=2)
-    x_PxE = self.covariates(max_len + 1)
-    x_next = jax.lax.dynamic_index_in_dim(x_PxE, j + 1, keepdims=True)
-    scores_HxM = gd.scores(x_next, x_PxE[:max_len])[:, 0]
-    sees = jnp.arange(max_len) <= j
-    if cfg.kernel == "linear":
-      a_HxM = jnp.where(sees, scores_HxM, 0.0) / (j + 1).astype(scores_HxM.dtype)
-    else:
-      a_HxM = jax.nn.softmax(jnp.where(sees, scores_HxM, -jnp.inf), axis=-1)
+    a_HxM = jax.lax.dynamic_index_in_dim(cache["att"], j, axis=1, keepdims=False)
     f = jnp.zeros_like(emb_BxE)
     f_in = []
     for k in range(cfg.num_layers):
       f_in.append(f)
       f = gd.after_step(k, f + gd.merge(k, jnp.einsum("hm,bme->bhe", a_HxM, values[k])))
     logits = self.tok.features(f) @ self.tok.output_embedding(w_VxE).T
-    return logits, {"values": values, "f_in": jnp.stack(f_in), "pos": j + 1}
+    return logits, {"values": values, "f_in": jnp.stack(f_in), "att": cache["att"],
+                    "pos": j + 1}
 
 
 # ----------------------------------------------------------------------------

@@ -193,7 +193,10 @@ def beam_search(model: nnx.Module, prompt_P, max_new_tokens: int, *,
 
   @jax.jit
   def reorder(cache, idx):
-    return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, idx, axis=1), cache)
+    # Every per-sequence cache leaf has the batch on axis 1 (layers first);
+    # the GD LM's positional weights are shared and stay.
+    return {name: x if x.ndim == 0 or name == "att" else jnp.take(x, idx, axis=1)
+            for name, x in cache.items()}
 
   start = time.perf_counter()
   beams, scores = [list(prompt)], np.zeros(1)

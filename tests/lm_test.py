@@ -1,11 +1,14 @@
 """Language models against the core GD references (float64), caches, chunking.
 
-The price of causal attention (measured by test_causal_differs_from_full_gd,
-V = 11, S = 12, E = 6, s = 0.7, lrs 0.8-1.5): at K = 1 the causal model is
-exactly full GD on each prefix; for K >= 2 the context points' own f sees only
-earlier tokens, and the logits of the last slot differ from full GD on the
-same prefix by up to ~0.05-0.3 (linear) and ~0.1-0.5 (softmax), growing with
-K. The test asserts the gap is nonzero and prints it.
+The price of causal attention (test_causal_differs_from_full_gd; V = 11,
+E = 6, random W_e ~ N(0, 1), x ~ N(0, 1/E), s = 0.7, lrs in [0.8, 1.5],
+measured over all prefixes of 2..12 tokens): at K = 1 the causal model is
+exactly full GD on each prefix (tested to 1e-10); for K >= 2 each context
+point's own f sees only the tokens before it, and the last slot's logits
+differ from full GD on the same prefix by at most 1.2 / 2.9 / 4.8 (mean
+0.55 / 1.2 / 2.0) for the linear kernel at K = 2 / 3 / 4, and by at most
+10.6 / 11.3 / 19.1 (mean 3.5 / 4.1 / 8.1) for the softmax kernel. The gap
+grows with K; the test asserts it is nonzero and prints it (on 3 prefixes).
 """
 
 import chex
