@@ -47,7 +47,7 @@ def print_results(results, header=""):
   for name, res in results.items():
     for lr, stats in res["by_lr"].items():
       line = f"{name:12s} lr={lr:<8s} params={res['num_params']:<7d}"
-      for metric in ("accuracy", "nll"):
+      for metric in ("accuracy", "nll", "perplexity", "bpc"):
         if f"test_{metric}" in stats:
           s = stats[f"test_{metric}"]
           line += f"  test {metric} {s['mean']:.3f} ± {s['std']:.3f}"

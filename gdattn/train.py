@@ -203,8 +203,13 @@ def _check_finite(model_name, members, loss, params, first, steps_per_epoch,
 
 
 def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
-                datasets: Datasets, workdir: str) -> TrainedModel:
-  """Trains (or resumes, or loads when finished) the members of one model."""
+                datasets: Datasets, workdir: str, *,
+                load_only: bool = False) -> TrainedModel:
+  """Trains (or resumes, or loads when finished) the members of one model.
+
+  With load_only, an unfinished model is not trained: its newest checkpoint's
+  best parameters are returned (and results {} when it has none).
+  """
   os.makedirs(workdir, exist_ok=True)
   t = cfg.train
   trainer = make_trainer(cfg, model_name, datasets)
@@ -218,10 +223,15 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
   ckpt = io.Checkpointer(os.path.join(workdir, "checkpoints"))
   start, state = ckpt.restore_latest_good(state)
   results_path = os.path.join(workdir, "results.json")
-  if start is not None and os.path.exists(results_path):
+  if load_only or (start is not None and os.path.exists(results_path)):
     ckpt.close()  # finished: final, never trained again
-    return TrainedModel(model_name, io.load_json(results_path),
-                        state["best_params"], trainer, start)
+    if load_only and start is None:
+      raise FileNotFoundError(
+          f"{model_name}: no checkpoint in {workdir}; train it first")
+    results = (io.load_json(results_path) if os.path.exists(results_path)
+               else summarise(cfg, trainer, state, datasets))
+    return TrainedModel(model_name, results, state["best_params"], trainer,
+                        start)
   writer = io.MetricsWriter(workdir)
   writer.truncate_after(start)  # drop records logged after the checkpoint
   board = (io.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
@@ -384,6 +394,26 @@ def train(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
                    best_steps={name: m.results["members"][0]["best_epoch"]
                                for name, m in trained.items()})
   return run
+
+
+def load(workdir: str) -> Run:
+  """The run in `workdir` as it stands, without training anything.
+
+  Rebuilds the config from config.json and the task's data, and restores
+  each model's best parameters from its newest usable checkpoint (finished
+  or not): the way to sample from, probe or plot a trained model.
+  """
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no {workdir_lib.CONFIG_FILE} in {workdir}: not"
+                            " a gdattn workdir")
+  cfg = config_lib.from_configdict(io.load_json(path))
+  datasets = tasks.get(cfg.task).make_datasets(cfg.data)
+  trained = {name: train_model(cfg, name, datasets,
+                               os.path.join(workdir, name), load_only=True)
+             for name in cfg.models
+             if os.path.isdir(os.path.join(workdir, name, "checkpoints"))}
+  return Run(cfg, datasets, trained)
 
 
 def _references(results):
