@@ -352,6 +352,7 @@ def evaluate(pure, params, ctx):
 
 def main(argv):
   del argv
+  toolkit.quiet_logging()
   if _REPLOT.value:
     with open(os.path.join(_OUT.value, "theory.json")) as fh:
       out = json.load(fh)
