@@ -100,7 +100,9 @@ def train_kernel(cfg, name):
   run, workdir = toolkit.train_in(_RUNS.value, name, cfg)
   gd = run.models["gd"]
   res, members = gd.results, gd.results["members"]
-  curve = [{k: r[k] for k in ("epoch", "train_loss", "val_nll", "test_accuracy")}
+  # train_loss: the members' mean training loss over the evaluation interval.
+  curve = [{"epoch": r["epoch"], "train_loss": float(np.mean(r["train_loss"])),
+            "val_nll": r["val_nll"], "test_accuracy": r["test_accuracy"]}
            for r in toolkit.curve(workdir, gd)]
   return {
       "kernel": cfg.model.kernel, "data": cfg.data.name,
