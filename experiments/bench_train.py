@@ -7,7 +7,7 @@ Run (from the repository root):
     python -m experiments.bench_train --diagnose # adds section 4 (~1 min more)
     python -m experiments.bench_train --layers=2 --tf_layers= --seeds=1 --diagnose
 
-Configs: experiments/configs/synthetic.py `get_config("paper,layers=K")` (C=25,
+Configs: gdattn/configs/synthetic.py `get_config("paper,layers=K")` (C=25,
 d=10, N=125, e=5, L=2048 fixed training contexts, batch 512: 4 updates per
 epoch), one member unless stated. Times are medians over --repeats calls of
 ahead-of-time compiled functions on the same inputs, compilation excluded and
@@ -55,10 +55,11 @@ import numpy as np
 from flax import nnx
 
 import gdattn
-from experiments.configs import synthetic as synthetic_configs
+from experiments import toolkit
 from gdattn import config as config_lib
 from gdattn import metrics
 from gdattn import models
+from gdattn import tasks
 from gdattn import train
 
 _LAYERS = flags.DEFINE_list("layers", ["1", "2", "3", "4"], "Depths K (sections 1-2).")
@@ -90,13 +91,15 @@ MEMBER_TOL = 1e-5
 def paper_config(num_layers: int, model: str, num_seeds: int = 1,
                  seed: int = 0, members_per_step: int | None = None
                  ) -> config_lib.ExperimentConfig:
-  c = synthetic_configs.get_config(f"paper,layers={num_layers}")
-  c.models = (model,)
-  c.num_seeds = num_seeds
-  c.seed = seed
-  c.train.members_per_step = members_per_step
-  c.train.progress = False
-  return config_lib.from_configdict(c)
+  return toolkit.synthetic_config(
+      "paper", num_layers, models=(model,), num_seeds=num_seeds, seed=seed,
+      train=dict(members_per_step=members_per_step))
+
+
+def gd_model(cfg, input_dim, seed):
+  return models.make_icl_model("gd", cfg.model, input_dim=input_dim,
+                               num_classes=cfg.data.num_classes,
+                               rngs=nnx.Rngs(seed))
 
 
 def _timed(fn, args):
@@ -150,7 +153,7 @@ class TrainTiming:
 
   def args(self, trainer=None):
     t = trainer or self.trainer
-    return (t.params, t.opt_state, t.shuffle_keys, t.lr_S, t.data["train"],
+    return (t.params, t.opt_state, t.keys, t.lr_S, t.datasets.train,
             jnp.arange(self.epochs))
 
 
@@ -215,17 +218,17 @@ def section_forward(layers, datasets, batch_size, repeats):
             f" {'GD f+b ms':>10} {'TF f+b ms':>10} {'speed-up':>8} {'max|dlogit|':>12}")
   print(header)
   print("-" * len(header))
-  batch = jax.tree.map(lambda a: a[:batch_size], datasets["train"])
+  batch = jax.tree.map(lambda a: a[:batch_size], datasets.train)
   input_dim = batch.x_ctx.shape[-1]
   rows = {}
   for k in layers:
     cfg = paper_config(k, "gd")
     # O(1) parameters so that the logits (and the equality check) are not ~0.
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=0.5))
-    gd_model = train.make_model(cfg, "gd", input_dim, nnx.Rngs(k))
-    tf_model = models.trained_tf_from_gd(gd_model, input_dim)
+    gd = gd_model(cfg, input_dim, k)
+    tf_model = models.trained_tf_from_gd(gd, input_dim)
     calls = {}
-    for name, model in (("gd", gd_model), ("tf", tf_model)):
+    for name, model in (("gd", gd), ("tf", tf_model)):
       graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
       def forward(params, batch, graphdef=graphdef, rest=rest):
@@ -278,7 +281,7 @@ def section_seeds(num_layers, num_seeds, datasets, epochs, repeats, timings,
   if not check_members:
     return result
 
-  # Member i vs a separate run with seed i. `_build_program` closes over the
+  # Member i vs a separate run with seed i. The program closes over the
   # model structure and optimiser, not the seed: reuse the one-member
   # executable when the lowered programs are identical (compiling 5 copies
   # would cost minutes), else compile the separate run's own.
@@ -329,8 +332,8 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
         f" B={batch_size}, warm-up + median of {repeats} interleaved rounds)")
   cfg = paper_config(num_layers, "gd")
   cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=0.5))
-  batch = jax.tree.map(lambda a: a[:batch_size], datasets["train"])
-  model = train.make_model(cfg, "gd", batch.x_ctx.shape[-1], nnx.Rngs(0))
+  batch = jax.tree.map(lambda a: a[:batch_size], datasets.train)
+  model = gd_model(cfg, batch.x_ctx.shape[-1], 0)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss_sum_fn(unrolled):
@@ -460,7 +463,8 @@ def main(argv):
         f" {os.getloadavg()[0]:.1f}; config synthetic.py:paper (C=25, d=10, N=125,"
         " e=5, L=2048, batch 512)")
   t0 = time.perf_counter()
-  datasets = jax.block_until_ready(train.make_datasets(paper_config(1, "gd").data))
+  datasets = tasks.get("synthetic").make_datasets(paper_config(1, "gd").data)
+  jax.block_until_ready(datasets.evals)
   print(f"data sets drawn in {time.perf_counter() - t0:.1f} s")
 
   timings = section_training(layers, tf_layers, datasets, gd_epochs, _TF_EPOCHS.value,

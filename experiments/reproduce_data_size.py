@@ -18,7 +18,8 @@ experiments/results/data_size.md for what was cut and every wall time):
         --train_sizes=2048,4096,8192,16384,32768 --modes=draws --draws=0 \
         --epochs=100 --eval_every=10 --gd_lr=1e-2                      # ~10 min
 
-Same modes, flags and outputs as experiments/reproduce_layers.py (see there):
+Same modes, flags and outputs as experiments/reproduce_layers.py (see there;
+both are experiments/toolkit.py `sweep`):
 experiments/results/data_size.json (raw per-run numbers, merged as each run
 finishes), data_size.md (ours next to the paper's), data_size.png (test
 accuracy vs L, error bars, paper numbers as markers). Workdirs under
@@ -28,7 +29,7 @@ runs/data_size/ resume when the command is re-run.
 from absl import app
 from absl import flags
 
-from experiments import reproduce_layers as rl
+from experiments import toolkit
 
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", 2, "K (paper: 2).")
 
@@ -44,12 +45,12 @@ SPEC section 5 (K = 2, authors' one draw, 5000 epochs). Full protocol:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  rl.sweep(_FLAGS, "data_size", "L", _NUM_LAYERS.value, None,
-           "Training-set sweep: GD vs Trained TF over L, softmax kernel", HEADER)
+  toolkit.sweep(_FLAGS, "data_size", "L", _NUM_LAYERS.value, None,
+                "Training-set sweep: GD vs Trained TF over L, softmax kernel", HEADER)
 
 
 if __name__ == "__main__":
-  _FLAGS = rl.define_common_flags(
+  _FLAGS = toolkit.define_sweep_flags(
       "train_sizes", ["2048", "4096", "8192", "16384", "32768"],
       "L values (training contexts).")
   app.run(main)

@@ -7,7 +7,8 @@ Run (from the repository root):
 Expected wall time on the shared 2-core CPU: ~15 min with the defaults
 (measured 967 s, the first ~8 min of it sharing the CPU with a second copy).
 `--quick` (~2 min, measured 123 s) is a smoke run. Writes experiments/results/followon.{json,md,png}
-(`--out_dir`).
+(`--out_dir`). Each run trains with the library loop (`gdattn.train.train`) in a
+checkpointed workdir under --runs_dir (the same command resumes a killed run).
 
 Claims tested (the follow-on to arXiv:2405.17248, SPEC section 4): attention-only
 models (GD, Trained TF) degrade with depth and under train/test distribution
@@ -40,7 +41,6 @@ per-K rates: --gd_lr=1e-3 at K=1).
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -48,15 +48,15 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from experiments.configs import synthetic as synthetic_configs
-from experiments import report
-from gdattn import config as config_lib
+from experiments import toolkit
 from gdattn import gd
-from gdattn import train
+from gdattn.data import synthetic
+from gdattn.tasks import synthetic as synthetic_task
 
 _OUT = flags.DEFINE_string("out_dir", "experiments/results", "Output folder.")
+_RUNS = flags.DEFINE_string("runs_dir", "runs/followon",
+                            "Checkpointed workdirs (the same command resumes).")
 _LAYERS = flags.DEFINE_list("layers", ["1", "2", "3"], "K for GD and GDMLP.")
 _TF_LAYERS = flags.DEFINE_list("tf_layers", ["1"], "K for the Trained TF.")
 _EPOCHS_K1 = flags.DEFINE_integer("epochs_k1", 300, "Epochs at K=1 (GD, GDMLP).")
@@ -83,16 +83,11 @@ SCALE_CONTEXTS = 512  # test contexts for the logit-scale statistics
 
 def make_config(model, layers, epochs, eval_every, amplitude=10.0, lr=None,
                 mixture_scale=2.0):
-  c = synthetic_configs.get_config(f"paper,layers={layers}")
-  c.models = (model,)
-  c.num_seeds = 1
-  c.learning_rates = () if lr is None else (lr,)
-  c.data.amplitude = amplitude
-  c.data.mixture_scale = mixture_scale
-  c.train.num_epochs = epochs
-  c.train.eval_every = eval_every
-  c.train.progress = False
-  return config_lib.from_configdict(c)
+  return toolkit.synthetic_config(
+      "paper", layers, models=(model,), num_seeds=1,
+      learning_rates=() if lr is None else (lr,),
+      data=dict(amplitude=amplitude, mixture_scale=mixture_scale),
+      train=dict(num_epochs=epochs, eval_every=eval_every))
 
 
 def parse_shift(shift: str) -> tuple[str, dict]:
@@ -107,43 +102,16 @@ def parse_shift(shift: str) -> tuple[str, dict]:
   return "test_shift", {field: cast(value)}
 
 
-def datasets_for(cfg, shift="mixture"):
-  """high_dim train/val/test plus the shifted test set of the same draw (same
-  W_data and keys: only the overridden setting differs)."""
-  data = train.make_datasets(cfg.data)
-  split, overrides = parse_shift(shift)
-  data[split] = train.make_datasets(dataclasses.replace(cfg.data, **overrides))["test"]
-  return data
+def shifted_test(cfg, shift):
+  """The shifted test set of the training draw (same W_data and keys: only
+  the overridden setting differs)."""
+  _, overrides = parse_shift(shift)
+  return synthetic_task.make_contexts(
+      dataclasses.replace(cfg.data, **overrides))["test"]
 
 
-def train_best(cfg, name, datasets):
-  """The paper's loop with the library's compiled steps; best-val params and metrics."""
-  tr = train.make_trainer(cfg, name, datasets)
-  tests = ("test",) + tuple(k for k in datasets if k in ("test_mixture", "test_shift"))
-  best = {"val_nll": np.inf, "epoch": 0, "params": tr.params, "metrics": None}
-  curve = []
-  for done, params, _, loss in tr.epoch_chunks(cfg.train.num_epochs, cfg.train.eval_every):
-    ev = {s: {k: float(v[0]) for k, v in tr.program.evaluate(params, datasets[s]).items()}
-          for s in ("val",) + tests}
-    curve.append({"epoch": done, "train_loss": float(np.mean(loss[-1])),
-                  **{f"{s}_{k}": ev[s][k] for s in ev for k in ("nll", "accuracy")}})
-    if not np.isfinite(ev["val"]["nll"]):
-      break
-    if ev["val"]["nll"] < best["val_nll"]:
-      best.update(val_nll=ev["val"]["nll"], epoch=done, params=params, metrics=ev)
-  return best, curve, tr.num_params
-
-
-def model_of(cfg, name, params_member):
-  template = train.make_model(cfg, name, cfg.data.input_dim, nnx.Rngs(0))
-  graphdef, _, rest = nnx.split(template, nnx.Param, ...)
-  return nnx.merge(graphdef, nnx.State(params_member), rest)
-
-
-def logit_scales(cfg, name, params, ctx):
+def logit_scales(cfg, name, model, member, ctx):
   """Std over classes of centred logits: at the queries, and (GD) inside the steps."""
-  member = jax.tree.map(lambda a: a[0], params)
-  model = model_of(cfg, name, member)
   logits = model(ctx.x_ctx, ctx.y_ctx, ctx.x_query)
   out = {"query_logit_std": float(jnp.mean(jnp.std(logits, -1))),
          "query_logit_absmax": float(jnp.mean(jnp.max(jnp.abs(
@@ -161,8 +129,41 @@ def logit_scales(cfg, name, params, ctx):
   return out
 
 
+def run_job(cfg, name, shift, shift_split):
+  """Trains one model (library loop), then measures its best parameters on
+  val, test and the shifted test set; returns the record and the Bayes
+  references of the two test sets."""
+  t0 = time.time()
+  k, amp = cfg.model.num_layers, cfg.data.amplitude
+  run, workdir = toolkit.train_in(_RUNS.value, f"{name}_K{k}_lambda{amp:g}", cfg)
+  trained = run.models[name]
+  data = dict(run.datasets.evals)
+  data[shift_split] = shifted_test(cfg, shift)
+  metrics = {s: {m: float(v[0]) for m, v in
+                 toolkit.evaluate_best(trained, data[s]).items()}
+             for s in ("val", "test", shift_split)}
+  member = jax.tree.map(lambda a: a[0], trained.best_params)
+  scale_ctx = jax.tree.map(lambda a: a[:SCALE_CONTEXTS], data["test"])
+  curve = [{"epoch": r["epoch"], "train_loss": r["train_loss"][0],
+            **{f"{s}_{m}": r[f"{s}_{m}"][0] for s in ("val", "test")
+               for m in ("nll", "accuracy")}}
+           for r in toolkit.curve(workdir, trained)]
+  record = {"model": name, "layers": k, "amplitude": amp,
+            "epochs": cfg.train.num_epochs,
+            "num_params": trained.results["num_params"],
+            "best_epoch": trained.results["members"][0]["best_epoch"],
+            "metrics": metrics,
+            "scales": logit_scales(cfg, name, trained.model(0), member, scale_ctx),
+            "curve": curve, "wall_s": time.time() - t0}
+  bayes = {"test": run.results[name]["bayes"],
+           shift_split: {m: float(v) for m, v in
+                         synthetic.bayes_reference(data[shift_split]).items()}}
+  return record, bayes
+
+
 def main(argv):
   del argv
+  toolkit.quiet_logging()
   t_start = time.time()
   quick = _QUICK.value
   e1 = 10 if quick else _EPOCHS_K1.value
@@ -173,47 +174,30 @@ def main(argv):
   tf_layers = [int(k) for k in _TF_LAYERS.value]
   amps = [float(a) for a in _AMPS.value]
   shift_split, _ = parse_shift(_SHIFT.value)  # a bad --shift fails before any compute
-  os.makedirs(_OUT.value, exist_ok=True)
-  out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_followon"]
-                               + sys.argv[1:]),
+  out = {"command": toolkit.command_line(),
          "settings": dict(layers=layers, tf_layers=tf_layers, epochs_k1=e1, epochs=ek,
                           tf_epochs=etf, tf_lr=_TF_LR.value, eval_every=every, amplitudes=amps, gd_lr=_LR.value,
                           amp_layers=_AMP_LAYERS.value,
                           mixture_scale=_MIXTURE_SCALE.value, shift=_SHIFT.value),
-         "shift_split": shift_split, "runs": []}
+         "shift_split": shift_split, "runs": [], "bayes": {}}
   jobs = [(m, k, 10.0) for k in layers for m in ("gd", "gdmlp")]
   jobs += [("trained_tf", k, 10.0) for k in tf_layers]
   jobs += [(m, _AMP_LAYERS.value, a) for a in amps for m in ("gd", "gdmlp")]
-  data_cache = {}
   for name, k, amp in jobs:
-    t0 = time.time()
     epochs = etf if name == "trained_tf" else (e1 if k == 1 else ek)
     cfg = make_config(name, k, epochs, every, amp,
                       _TF_LR.value if name == "trained_tf" else _LR.value, _MIXTURE_SCALE.value)
-    if amp not in data_cache:
-      data_cache[amp] = datasets_for(cfg, _SHIFT.value)
-    data = data_cache[amp]
-    best, curve, num_params = train_best(cfg, name, data)
-    scale_ctx = jax.tree.map(lambda a: a[:SCALE_CONTEXTS], data["test"])
-    run = {"model": name, "layers": k, "amplitude": amp, "epochs": epochs,
-           "num_params": num_params, "best_epoch": best["epoch"], "metrics": best["metrics"],
-           "scales": logit_scales(cfg, name, best["params"], scale_ctx),
-           "curve": curve, "wall_s": time.time() - t0}
+    run, out["bayes"][str(amp)] = run_job(cfg, name, _SHIFT.value, shift_split)
     out["runs"].append(run)
     m = run["metrics"]
-    print(f"{name:10s} K={k} lambda={amp:g} params={num_params} "
+    print(f"{name:10s} K={k} lambda={amp:g} params={run['num_params']} "
           f"acc={m['test']['accuracy']:.3f} nll={m['test']['nll']:.3f} | {_SHIFT.value} "
           f"acc={m[shift_split]['accuracy']:.3f} nll={m[shift_split]['nll']:.3f} | "
           f"{run['scales']} ({run['wall_s']:.0f} s)", flush=True)
-  from gdattn.data import synthetic
-  out["bayes"] = {str(a): {s: {k: float(v) for k, v in synthetic.bayes_reference(d[s]).items()}
-                           for s in ("test", shift_split)} for a, d in data_cache.items()}
   out["wall_s"] = time.time() - t_start
-  base = os.path.join(_OUT.value, _NAME.value)
-  with open(base + ".json", "w") as fh:
-    json.dump(out, fh)
-  plot(out, base + ".png")
-  write_md(out, base + ".md", _NAME.value)
+  name = _NAME.value
+  base = toolkit.write_results(_OUT.value, name, out, plot,
+                               lambda o: report_lines(o, name))
   print(f"wrote {base}.{{json,md,png}} in {out['wall_s']:.0f} s")
 
 
@@ -225,9 +209,7 @@ def shift_of(out):
 
 
 def plot(out, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = toolkit.pyplot()
   runs = out["runs"]
   shift, label = shift_of(out)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -265,7 +247,7 @@ def plot(out, path):
   plt.close(fig)
 
 
-def write_md(out, path, name="followon"):
+def report_lines(out, name="followon"):
   s = out["settings"]
   shift, label = shift_of(out)
   lines = ["# The follow-on's claims (issue 4, item 5)", "",
@@ -289,7 +271,7 @@ def write_md(out, path, name="followon"):
       f"lambda={a}: high_dim {v['test']['bayes_max_prob']:.3f} / {v['test']['bayes_nll']:.3f},"
       f" {label} {v[shift]['bayes_max_prob']:.3f} / {v[shift]['bayes_nll']:.3f}"
       for a, v in out["bayes"].items())]
-  report.write_markdown(path, lines)
+  return lines
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Expected wall time on the shared 2-core CPU: ~17 min with the defaults (measured
 988 s: 5 kernels x {high_dim, random_grid} x 3 vmapped seeds, GD K=1, 1000 epochs;
 `--epochs=300 --eval_every=25` takes ~5 min and gives 0.01-0.03 less for rbf/laplacian).
 `--quick` (~1 min, measured 67 s) is a smoke run. Writes experiments/results/kernels.{json,md,png}
-and kernel_maps.png (`--out_dir`).
+and kernel_maps.png (`--out_dir`). Each run trains with the library loop
+(`gdattn.train.train`) in a checkpointed workdir under --runs_dir: a killed
+run resumes where it stopped when the same command is run again.
 
 Protocol: the paper's (C=25, e=5, N=125, L=2048 fixed training contexts,
 batch 512, Adam, clip 1e-3, evaluation every --eval_every epochs on 2048
@@ -28,10 +30,7 @@ one model call) next to the true argmax class from
 References: arXiv:2405.17248 (kernel comparison, 2-D decision boundaries).
 """
 
-import dataclasses
-import json
 import os
-import sys
 import time
 
 from absl import app
@@ -39,16 +38,14 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from experiments.configs import synthetic as synthetic_configs
-from experiments import report
-from gdattn import config as config_lib
+from experiments import toolkit
 from gdattn import kernels
-from gdattn import train
 from gdattn.data import synthetic
 
 _OUT = flags.DEFINE_string("out_dir", "experiments/results", "Output folder.")
+_RUNS = flags.DEFINE_string("runs_dir", "runs/kernels",
+                            "Checkpointed workdirs (the same command resumes).")
 _EPOCHS = flags.DEFINE_integer("epochs", 1000, "Training epochs per run (paper 5000).")
 _LR = flags.DEFINE_float("gd_lr", 1e-2, "GD Adam learning rate (paper 1e-3).")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Evaluation interval (epochs).")
@@ -62,65 +59,24 @@ _QUICK = flags.DEFINE_bool("quick", False, "Smoke run: 20 epochs, 1 seed.")
 
 
 def make_config(data_name, kernel, layers, epochs, eval_every, seeds, lr):
-  c = synthetic_configs.get_config(f"paper,layers={layers}")
-  c.models = ("gd",)
-  c.num_seeds = seeds
-  c.learning_rates = (lr,)
-  c.data.name = data_name
-  c.model.kernel = kernel
-  c.train.num_epochs = epochs
-  c.train.eval_every = eval_every
-  c.train.progress = False
-  return config_lib.from_configdict(c)
-
-
-def train_best(cfg, datasets):
-  """The paper's loop for one model: returns best-val params and test metrics.
-
-  train.train_and_evaluate runs the same protocol but keeps no parameters;
-  the decision maps need them, so the loop is driven here with the library's
-  compiled steps (train.make_trainer).
-  """
-  tr = train.make_trainer(cfg, "gd", datasets)
-  num = len(tr.members)
-  best = {"val_nll": np.full(num, np.inf), "epoch": np.zeros(num, int), "params": tr.params,
-          "test": None}
-  curve = []
-  for done, params, _, loss in tr.epoch_chunks(cfg.train.num_epochs, cfg.train.eval_every):
-    ev = {s: jax.tree.map(np.asarray, tr.program.evaluate(params, tr.data[s]))
-          for s in ("val", "test")}
-    better = ev["val"]["nll"] < best["val_nll"]
-    best["val_nll"] = np.where(better, ev["val"]["nll"], best["val_nll"])
-    best["epoch"] = np.where(better, done, best["epoch"])
-    best["params"] = jax.tree.map(
-        lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-        params, best["params"])
-    best["test"] = ev["test"] if best["test"] is None else {
-        k: np.where(better, ev["test"][k], best["test"][k]) for k in ev["test"]}
-    curve.append({"epoch": done, "train_loss": float(np.mean(loss[-1])),
-                  "val_nll": ev["val"]["nll"].tolist(), "test_accuracy":
-                  ev["test"]["accuracy"].tolist()})
-  return best, curve, tr.num_params
-
-
-def gd_model(cfg, params_member, input_dim):
-  template = train.make_model(cfg, "gd", input_dim, nnx.Rngs(0))
-  graphdef, _, rest = nnx.split(template, nnx.Param, ...)
-  return nnx.merge(graphdef, nnx.State(params_member), rest)
+  return toolkit.synthetic_config(
+      "paper", layers, models=("gd",), num_seeds=seeds, learning_rates=(lr,),
+      data=dict(name=data_name), model=dict(kernel=kernel),
+      train=dict(num_epochs=epochs, eval_every=eval_every))
 
 
 def w_data_of(cfg):
-  """W_data of the draw (the key derivation of train.make_datasets)."""
+  """W_data of the draw (the key derivation of gdattn.tasks.synthetic)."""
   k_w = jax.random.split(jax.random.key(cfg.data.seed), 5)[0]
   return synthetic.class_embeddings(k_w, cfg.data.num_classes, cfg.data.data_embed_dim)
 
 
-def decision_maps(cfg, datasets, best_params, kernel_names, context, grid):
-  """Predicted argmax class on the grid per kernel, and the true one."""
+def decision_maps(cfg, test, gd_models, context, grid):
+  """Predicted argmax class on the grid per kernel ({kernel: model}), and the
+  true one."""
   axis = jnp.linspace(-1.0, 1.0, grid)
   gx, gy = jnp.meshgrid(axis, axis, indexing="xy")
   grid_Gx2 = jnp.stack([gx.ravel(), gy.ravel()], -1)
-  test = datasets["test"]
   x_ctx, y_ctx = test.x_ctx[context], test.y_ctx[context]
   w_data = w_data_of(cfg)
   quad = test.active_classes[context]
@@ -131,59 +87,63 @@ def decision_maps(cfg, datasets, best_params, kernel_names, context, grid):
   if err > 1e-5:
     raise RuntimeError(f"recomputed W_data does not match the data set (max err {err})")
   maps = {"truth": np.asarray(jnp.argmax(true_probs, -1).reshape(grid, grid))}
-  for name in kernel_names:
-    model = gd_model(cfg_for(cfg, name), jax.tree.map(lambda a: a[0], best_params[name]), 2)
+  for name, model in gd_models.items():
     logits = model(x_ctx[None], y_ctx[None], grid_Gx2[None])[0]
     maps[name] = np.asarray(jnp.argmax(logits, -1).reshape(grid, grid))
   return maps, np.asarray(x_ctx), np.asarray(y_ctx)
 
 
-def cfg_for(cfg, kernel):
-  return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, kernel=kernel))
+def train_kernel(cfg, name):
+  """One kernel's run (library loop, checkpointed): its results record and
+  the run."""
+  t0 = time.time()
+  run, workdir = toolkit.train_in(_RUNS.value, name, cfg)
+  gd = run.models["gd"]
+  res, members = gd.results, gd.results["members"]
+  # train_loss: the members' mean training loss over the evaluation interval.
+  curve = [{"epoch": r["epoch"], "train_loss": float(np.mean(r["train_loss"])),
+            "val_nll": r["val_nll"], "test_accuracy": r["test_accuracy"]}
+           for r in toolkit.curve(workdir, gd)]
+  return {
+      "kernel": cfg.model.kernel, "data": cfg.data.name,
+      "num_params": res["num_params"],
+      "best_epoch": [m["best_epoch"] for m in members],
+      "kernel_scale": np.asarray(gd.best_params["kernel_scale"]).tolist(),
+      **{k: [m[k] for m in members] for k in members[0] if k.startswith("test_")},
+      "curve": curve, "wall_s": time.time() - t0,
+  }, run
 
 
 def main(argv):
   del argv
+  toolkit.quiet_logging()
   t_start = time.time()
   quick = _QUICK.value
   epochs = 20 if quick else _EPOCHS.value
   eval_every = 10 if quick else _EVAL_EVERY.value
   seeds = 1 if quick else _SEEDS.value
-  os.makedirs(_OUT.value, exist_ok=True)
-  out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_kernels"]
-                               + sys.argv[1:]),
+  out = {"command": toolkit.command_line(),
          "settings": dict(epochs=epochs, eval_every=eval_every, seeds=seeds, gd_lr=_LR.value,
                           layers=_LAYERS.value, kernels=_KERNELS.value,
                           datasets=_DATASETS.value),
          "results": {}, "bayes": {}, "timings_s": {}}
-  grid_params, grid_cfg, grid_data = {}, None, None
+  grid_models, grid_cfg, grid_test = {}, None, None
   for data_name in _DATASETS.value:
-    cfg0 = make_config(data_name, "softmax", _LAYERS.value, epochs, eval_every, seeds,
-                       _LR.value)
-    datasets = train.make_datasets(cfg0.data)
-    out["bayes"][data_name] = {k: float(v) for k, v in
-                               synthetic.bayes_reference(datasets["test"]).items()}
     for kernel in _KERNELS.value:
-      t0 = time.time()
-      cfg = cfg_for(cfg0, kernel)
-      best, curve, num_params = train_best(cfg, datasets)
-      res = {
-          "kernel": kernel, "data": data_name, "num_params": num_params,
-          "best_epoch": best["epoch"].tolist(),
-          "kernel_scale": np.asarray(best["params"]["kernel_scale"]).tolist(),
-          **{f"test_{k}": np.asarray(v).tolist() for k, v in best["test"].items()},
-          "curve": curve, "wall_s": time.time() - t0,
-      }
+      cfg = make_config(data_name, kernel, _LAYERS.value, epochs, eval_every, seeds,
+                        _LR.value)
+      res, run = train_kernel(cfg, f"{data_name}_{kernel}")
+      out["bayes"][data_name] = run.results["gd"]["bayes"]
       out["results"][f"{data_name}/{kernel}"] = res
       print(f"{data_name:12s} {kernel:10s} acc={np.mean(res['test_accuracy']):.3f}"
             f" nll={np.mean(res['test_nll']):.3f} s={res['kernel_scale']}"
             f" ({res['wall_s']:.0f} s)", flush=True)
       if data_name == "random_grid":
-        grid_params[kernel] = best["params"]
-    if data_name == "random_grid":
-      grid_cfg, grid_data = cfg0, datasets
-  if grid_params:
-    maps, x_ctx, y_ctx = decision_maps(grid_cfg, grid_data, grid_params, list(grid_params),
+        grid_models[kernel] = run.models["gd"].model(0)
+        grid_cfg, grid_test = cfg, run.datasets.evals["test"]
+  os.makedirs(_OUT.value, exist_ok=True)
+  if grid_models:
+    maps, x_ctx, y_ctx = decision_maps(grid_cfg, grid_test, grid_models,
                                        _CONTEXT.value, _GRID.value)
     out["maps"] = {"context": _CONTEXT.value, "grid": _GRID.value,
                    "agreement_with_truth": {k: float(np.mean(v == maps["truth"]))
@@ -192,18 +152,13 @@ def main(argv):
                    "x_ctx": x_ctx.tolist(), "y_ctx": y_ctx.tolist()}
     plot_maps(out["maps"], os.path.join(_OUT.value, "kernel_maps.png"))
   out["wall_s"] = time.time() - t_start
-  with open(os.path.join(_OUT.value, "kernels.json"), "w") as fh:
-    json.dump(out, fh)
-  plot_bars(out, os.path.join(_OUT.value, "kernels.png"))
-  write_md(out, os.path.join(_OUT.value, "kernels.md"))
-  print(f"wrote {_OUT.value}/kernels.{{json,md,png}}, kernel_maps.png in {out['wall_s']:.0f} s")
+  base = toolkit.write_results(_OUT.value, "kernels", out, plot_bars, report_lines)
+  print(f"wrote {base}.{{json,md,png}}, kernel_maps.png in {out['wall_s']:.0f} s")
 
 
 def plot_maps(maps, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib.colors import ListedColormap
+  plt = toolkit.pyplot()
+  from matplotlib.colors import ListedColormap  # pylint: disable=g-import-not-at-top
   names = ["truth"] + [k for k in maps["classes"] if k != "truth"]
   classes = sorted({int(c) for k in names for c in np.ravel(maps["classes"][k])}
                    | set(int(c) for c in maps["y_ctx"]))
@@ -228,9 +183,7 @@ def plot_maps(maps, path):
 
 
 def plot_bars(out, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = toolkit.pyplot()
   datasets = out["settings"]["datasets"]
   fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
   for ax, data_name in zip(axes[0], datasets):
@@ -249,7 +202,7 @@ def plot_bars(out, path):
   plt.close(fig)
 
 
-def write_md(out, path):
+def report_lines(out):
   s = out["settings"]
   lines = ["# Kernel comparison for the GD model (issue 4, item 3)", "",
            f"Command: `{out['command']}`  ",
@@ -273,7 +226,7 @@ def write_md(out, path):
     lines += ["", "Decision-map agreement with the true argmax class (fraction of the "
               f"{out['maps']['grid']}^2 grid): " + ", ".join(
                   f"{k} {v:.2f}" for k, v in out["maps"]["agreement_with_truth"].items())]
-  report.write_markdown(path, lines)
+  return lines
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Run (from the repository root):
 
-    nice -n 10 .venv/bin/python -m experiments.reproduce_theory --workdir=runs/theory
+    nice -n 10 .venv/bin/python -m experiments.reproduce_theory --runs_dir=runs/theory
 
 Expected wall time on the shared 2-core CPU: ~26 min with the defaults
 (measured 1585 s under load: GD K=1 3 x 1500 epochs and the gradient analyses
@@ -14,8 +14,10 @@ experiments/results/theory.{json,md,png} (`--out_dir`); the hand-written
 interpretation between the notes markers of theory.md is kept on rewrite.
 
 Paper setting throughout (C=25, d=10, e=5, N=125, softmax kernel, K=1,
-L=2048, batch 512, the original optimisers); what is cut: the GD model is
-trained 1500 epochs instead of 5000 (then polished to an exact stationary point
+L=2048, batch 512, the original optimisers); the GD models are trained by the
+library loop (`gdattn.train.train`, checkpointed under --runs_dir, evaluated
+once at the end, so the parameters analysed are the last ones); what is cut:
+the GD model is trained 1500 epochs instead of 5000 (then polished to an exact stationary point
 of its own loss on the gradient sample, see (a)); the Trained TF runs of (b)
 and (c) are 100 epochs instead of 5000, one seed.
 
@@ -49,10 +51,10 @@ and (c) are 100 epochs instead of 5000, one seed.
 References: arXiv:2405.17248 (GD construction, stationarity), arXiv:2212.07677.
 """
 
+import dataclasses
 import functools
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -63,15 +65,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.configs import synthetic as synthetic_configs
-from experiments import report
+from experiments import toolkit
 from gdattn import analysis
-from gdattn import config as config_lib
 from gdattn import metrics
-from gdattn import models
+from gdattn import tasks
 from gdattn import train
+from gdattn.tasks import synthetic as synthetic_task
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/theory", "Scratch directory (unused by most steps).")
+_RUNS = flags.DEFINE_string("runs_dir", "runs/theory",
+                            "Checkpointed workdirs of the GD runs of (a).")
 _OUT = flags.DEFINE_string("out_dir", "experiments/results", "Where theory.{json,md,png} go.")
 _GD_EPOCHS = flags.DEFINE_integer("gd_epochs", 1500, "GD K=1 training epochs (paper 5000).")
 _GRAD_CONTEXTS = flags.DEFINE_integer("grad_contexts", 8192, "Contexts of the gradient sample.")
@@ -88,19 +90,42 @@ _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw theory.{md,png} from t
 SHIFT = 1.0  # the shifted data set: x -> x + SHIFT
 
 
-def base_config(name: str = "high_dim", num_test: int = 2048) -> config_lib.ExperimentConfig:
-  c = synthetic_configs.get_config("paper,layers=1")
-  c.models = ("gd", "trained_tf")
-  c.num_seeds = 1
-  c.data.name = name
-  c.data.num_val = 512
-  c.data.num_test = num_test
-  c.train.progress = False
-  return config_lib.from_configdict(c)
-
-
 def shift_contexts(ctx, shift):
   return ctx.replace(x_ctx=ctx.x_ctx + shift, x_query=ctx.x_query + shift)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftedDataConfig(synthetic_task.DataConfig):
+  x_shift: float = 0.0  # added to every input of every split
+
+
+class ShiftedSyntheticTask(synthetic_task.SyntheticTask):
+  """The synthetic task with every input moved by data.x_shift (the shifted
+  case of (a): x ~ U(0, 2)^d around shifted centres for x_shift = 1)."""
+
+  name = "synthetic_shifted"
+  data_config = ShiftedDataConfig
+
+  def make_datasets(self, d):
+    data = super().make_datasets(d)
+    evals = {k: shift_contexts(v, d.x_shift) for k, v in data.evals.items()}
+    return dataclasses.replace(data, train=evals["train"], evals=evals)
+
+
+tasks.register(ShiftedSyntheticTask())
+
+
+def base_config(name="high_dim", num_test=2048, gd_epochs=1, shift=0.0):
+  """The paper's K=1 setting; GD evaluated once, after gd_epochs."""
+  cfg = toolkit.synthetic_config(
+      "paper", 1, models=("gd", "trained_tf"), num_seeds=1,
+      data=dict(name=name, num_val=512, num_test=num_test),
+      train=dict(num_epochs=gd_epochs, eval_every=gd_epochs))
+  if not shift:
+    return cfg
+  return dataclasses.replace(
+      cfg, task=ShiftedSyntheticTask.name,
+      data=ShiftedDataConfig(**dataclasses.asdict(cfg.data), x_shift=shift))
 
 
 def mirror_contexts(ctx):
@@ -149,22 +174,20 @@ def leaf_names(tree):
 
 
 # ----------------------------------------------------------------------------
-# Training helpers (library trainer, epoch by epoch).
+# Training helpers.
 
 
-def train_member(cfg, name, datasets, epochs, params=None, callback=None, every=None):
-  """Trains one member with train.make_trainer; optional start params and callback."""
-  trainer = train.make_trainer(cfg, name, datasets)
+def trajectory(trainer, epochs, every, callback, params=None):
+  """Trains the one member of `trainer` from its init (or `params`) with the
+  library's compiled steps; callback(epoch, params, loss) at 0 and every
+  `every` epochs (the curves of (b), (c): no model selection)."""
   p = trainer.params
   if params is not None:
     p = jax.tree.map(lambda a: jnp.asarray(a)[None].astype(jnp.float32), params)
-  history = []
-  if callback is not None:
-    history.append(callback(0, first_member(p), None))
-  for done, p, _, loss in trainer.epoch_chunks(epochs, every or epochs, params=p):
-    if callback is not None:
-      history.append(callback(done, first_member(p), float(np.mean(loss[-1]))))
-  return first_member(p), trainer, history
+  history = [callback(0, first_member(p), None)]
+  for done, p, _, loss in trainer.epoch_chunks(epochs, every, params=p):
+    history.append(callback(done, first_member(p), float(np.mean(loss[-1]))))
+  return history
 
 
 def polish(pure: Pure, params, sample, steps):
@@ -329,11 +352,12 @@ def evaluate(pure, params, ctx):
 
 def main(argv):
   del argv
+  toolkit.quiet_logging()
   if _REPLOT.value:
     with open(os.path.join(_OUT.value, "theory.json")) as fh:
       out = json.load(fh)
     plot(out, os.path.join(_OUT.value, "theory.png"))
-    write_md(out, os.path.join(_OUT.value, "theory.md"))
+    toolkit.write_markdown(os.path.join(_OUT.value, "theory.md"), report_lines(out))
     return
   t_start = time.time()
   quick = _QUICK.value
@@ -346,8 +370,7 @@ def main(argv):
   directions = 1 if quick else _DIRECTIONS.value
   align_n = 64 if quick else _ALIGN.value
   os.makedirs(_OUT.value, exist_ok=True)
-  out = {"command": " ".join(["nice -n 10 .venv/bin/python -m experiments.reproduce_theory"]
-                               + sys.argv[1:]),
+  out = {"command": toolkit.command_line(),
          "settings": dict(gd_epochs=gd_epochs, grad_contexts=grad_contexts,
                           tf_epochs=tf_epochs, eval_every=every,
                           polish_steps=polish_steps, eps=eps_list,
@@ -361,12 +384,12 @@ def main(argv):
            ("mixture", "mixture", 0.0)]
   for label, gen, shift in cases:
     t0 = time.time()
-    cfg = base_config(gen, num_test=grad_contexts)
-    data = train.make_datasets(cfg.data)
-    if shift:
-      data = {k: shift_contexts(v, shift) for k, v in data.items()}
-    gd_params, gd_trainer, _ = train_member(cfg, "gd", data, gd_epochs)
-    gd_pure = Pure(train.make_model(cfg, "gd", cfg.data.input_dim, nnx.Rngs(0)))
+    cfg = base_config(gen, grad_contexts, gd_epochs, shift)
+    run, _ = toolkit.train_in(_RUNS.value, f"gd_{label}",
+                              dataclasses.replace(cfg, models=("gd",)))
+    data = run.datasets.evals
+    gd_pure = Pure(run.models["gd"].model(0))
+    gd_params = gd_pure.params
     test_before = evaluate(gd_pure, gd_params, data["test"])
     samples = {label: data["test"]}
     if not shift:
@@ -395,8 +418,11 @@ def main(argv):
   t0 = time.time()
   cfg, data, gd_pure, gd_params = gd_models["high_dim"]
   tf_cfg = base_config("high_dim", num_test=2048)
-  tf_data = train.make_datasets(tf_cfg.data)  # same draw and train set as GD's
-  tf_pure = Pure(train.make_model(tf_cfg, "trained_tf", 10, nnx.Rngs(0)))
+  # The same draw and training set as GD's.
+  tf_datasets = tasks.get(tf_cfg.task).make_datasets(tf_cfg.data)
+  tf_data = tf_datasets.evals
+  tf_trainer = train.make_trainer(tf_cfg, "trained_tf", tf_datasets)
+  tf_pure = Pure(tf_trainer.model(tf_trainer.params))
   align_ctx = jax.tree.map(lambda a: a[:align_n], tf_data["test"])
   align = make_alignment(gd_pure, gd_params, tf_pure, align_ctx)
   gd_test = evaluate(gd_pure, gd_params, tf_data["test"])
@@ -407,8 +433,7 @@ def main(argv):
     print(f"[b] {r}", flush=True)
     return r
 
-  _, _, hist_b = train_member(tf_cfg, "trained_tf", tf_data, tf_epochs, callback=record,
-                              every=every)
+  hist_b = trajectory(tf_trainer, tf_epochs, every, record)
   out["alignment"] = {"gd_test": gd_test, "history": hist_b,
                       "note": "TF trained from its usual init (seed 0); GD = the model of (a)"}
   out["timings_s"]["b"] = time.time() - t0
@@ -433,24 +458,18 @@ def main(argv):
     print(f"[c] {r}", flush=True)
     return r
 
-  _, _, hist_c = train_member(tf_cfg, "trained_tf", tf_data, tf_epochs, params=theta_gd,
-                              callback=record_c, every=every)
+  hist_c = trajectory(tf_trainer, tf_epochs, every, record_c, params=theta_gd)
   out["from_gd"] = {"gd_test": gd_test, "history": hist_c,
                     "theta_gd_norm": float(jnp.linalg.norm(theta_gd_flat))}
   out["timings_s"]["c"] = time.time() - t0
   out["wall_s"] = time.time() - t_start
 
-  with open(os.path.join(_OUT.value, "theory.json"), "w") as fh:
-    json.dump(out, fh, indent=1)
-  plot(out, os.path.join(_OUT.value, "theory.png"))
-  write_md(out, os.path.join(_OUT.value, "theory.md"))
-  print(f"wrote {_OUT.value}/theory.{{json,md,png}} in {out['wall_s']:.0f} s")
+  base = toolkit.write_results(_OUT.value, "theory", out, plot, report_lines)
+  print(f"wrote {base}.{{json,md,png}} in {out['wall_s']:.0f} s")
 
 
 def plot(out, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = toolkit.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   ax = axes[0]
   for (name, res), color in zip(out["stationarity"].items(), "C0 C1 C2 C3 C4".split()):
@@ -490,7 +509,7 @@ def plot(out, path):
   plt.close(fig)
 
 
-def write_md(out, path):
+def report_lines(out):
   """The tables (the interpretation is written by hand below them)."""
   lines = ["# Theory checks (issue 4, item 4)", "",
            f"Command: `{out['command']}`  ", f"Wall time: {out['wall_s']:.0f} s "
@@ -547,7 +566,7 @@ def write_md(out, path):
     for r in h:
       lines.append(f"| {r['epoch']} | " + " | ".join(
           "-" if r.get(c) is None else f"{r[c]:.4g}" for c in cols) + " |")
-  report.write_markdown(path, lines)
+  return lines
 
 
 if __name__ == "__main__":

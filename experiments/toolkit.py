@@ -1,0 +1,497 @@
+"""What the experiment scripts share: configs, runs, results files, sweeps.
+
+Scripts never import each other; everything two of them need lives here:
+
+  synthetic_config   one builder for every synthetic run (on top of the
+                     packaged gdattn.configs.synthetic variants);
+  train_in           the library loop `gdattn.train.train` in a workdir under
+                     --runs_dir named by the config (same command: resumes;
+                     another config: another workdir);
+  evaluate_best      a trained model's best parameters on any split;
+  curve              per-evaluation records of a model's metrics.jsonl;
+  write_json, write_markdown, write_results
+                     atomic JSON, Markdown with kept hand-written notes, PNG;
+  sweep machinery    the layer / training-set sweeps (one record per run,
+                     merged into <name>.json as soon as it finishes).
+"""
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+import types
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from gdattn import config as config_lib
+from gdattn import io
+from gdattn import train
+from gdattn import workdir as workdir_lib
+from gdattn.configs import synthetic as synthetic_configs
+
+NOTES_START = "<!-- notes: hand-written, kept when the tables are regenerated -->"
+NOTES_END = "<!-- /notes -->"
+
+
+# ----------------------------------------------------------------------------
+# Configs and runs.
+
+
+def _override(section: Any, values: dict[str, Any], where: str) -> None:
+  for key, value in values.items():
+    if key not in section:
+      raise ValueError(f"config{where}: unknown field {key!r}; valid:"
+                       f" {sorted(section.keys())}")
+    if isinstance(value, dict):
+      _override(section[key], value, f"{where}.{key}")
+    else:
+      section[key] = value
+
+
+def synthetic_config(variant: str = "paper", layers: int = 1,
+                     **overrides: Any) -> config_lib.ExperimentConfig:
+  """A validated synthetic-task config: a packaged variant plus overrides.
+
+  Args:
+    variant: "paper", "demo" or "smoke" (gdattn.configs.synthetic).
+    layers: K, which also picks the paper's per-K optimisers.
+    **overrides: top-level fields (models=("gd",), num_seeds=3) and sections
+      as dicts (data=dict(name="random_grid"), train=dict(num_epochs=20));
+      an unknown field raises ValueError. Progress bars are off unless
+      train=dict(progress=True).
+
+  Returns:
+    The ExperimentConfig (every field checked before any compute).
+  """
+  c = synthetic_configs.get_config(f"{variant},layers={layers}")
+  c.train.progress = False
+  _override(c, overrides, "")
+  return config_lib.from_configdict(c)
+
+
+def config_tag(cfg: config_lib.ExperimentConfig) -> str:
+  """8 hex digits naming the result-changing fields of a config."""
+  fields = workdir_lib.flatten(workdir_lib.config_dict(cfg))
+  kept = {k: v for k, v in fields.items()
+          if k not in config_lib.EXECUTION_FIELDS}
+  text = json.dumps(kept, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def train_in(runs_dir: str, name: str, cfg: config_lib.ExperimentConfig
+             ) -> tuple[train.Run, str]:
+  """train.train(cfg) in <runs_dir>/<name>-<config tag> (resumes if killed);
+  returns the run and its workdir."""
+  workdir = os.path.join(runs_dir, f"{name}-{config_tag(cfg)}")
+  return train.train(cfg, workdir), workdir
+
+
+def evaluate_best(trained: train.TrainedModel, data: Any
+                  ) -> dict[str, np.ndarray]:
+  """Metrics [S] of each member's best parameters on `data` (any split)."""
+  out = trained.trainer.program.evaluate(trained.best_params, data)
+  return jax.tree.map(np.asarray, out)
+
+
+def curve(workdir: str, trained: train.TrainedModel) -> list[dict[str, Any]]:
+  """Per evaluation of a run's model: the training loss (mean over the
+  evaluation interval) and each split's metrics, as lists in member order."""
+  records = io.read_metrics(os.path.join(workdir, trained.name))
+  index = {(seed, lr): i for i, (seed, lr) in enumerate(trained.members)}
+  num = len(index)
+  by_step = {}
+  for r in records:
+    row = by_step.setdefault(r["step"], {})
+    i = index[r["seed"], r["lr"]]
+    for k, v in r.items():
+      if k in ("step", "split", "model", "seed", "lr"):
+        continue
+      key = ("train_loss" if r["split"] == train.TRAIN_LOSS
+             else f"{r['split']}_{k}")
+      row.setdefault(key, [None] * num)[i] = v
+  return [{"epoch": step, **row} for step, row in sorted(by_step.items())]
+
+
+def quiet_logging() -> None:
+  """orbax logs every checkpoint at INFO: keep the console for results."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def command_line() -> str:
+  """The command that is running, for the results files."""
+  module = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  return f"python -m experiments.{module} " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:])
+
+
+# ----------------------------------------------------------------------------
+# Results files.
+
+
+def write_json(path: str, obj: Any, indent: int | None = 1) -> None:
+  """Writes JSON atomically (write, then rename): never half a file."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=indent, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def load_json(path: str) -> Any:
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def old_notes(path: str) -> str:
+  """The hand-written notes of an existing report, or a placeholder."""
+  if not os.path.exists(path):
+    return "(no interpretation yet)"
+  with open(path, encoding="utf-8") as fh:
+    text = fh.read()
+  if NOTES_START not in text or NOTES_END not in text:
+    return "(no interpretation yet)"
+  return text.split(NOTES_START, 1)[1].split(NOTES_END, 1)[0].strip()
+
+
+def write_markdown(path: str, lines: list[str], after: list[str] = ()) -> None:
+  """Writes `lines`, the report's preserved hand-written notes, then `after`."""
+  lines = lines + ["", NOTES_START, old_notes(path), NOTES_END] + (
+      [""] + list(after) if after else [])
+  with open(path, "w", encoding="utf-8") as fh:
+    fh.write("\n".join(lines) + "\n")
+
+
+def write_results(out_dir: str, name: str, out: dict[str, Any],
+                  plot: Callable[[dict, str], None] | None = None,
+                  markdown: Callable[[dict], list[str]] | None = None) -> str:
+  """<out_dir>/<name>.json (atomic), .png (plot(out, path)) and .md
+  (markdown(out) -> lines, hand-written notes kept); returns the base path."""
+  base = os.path.join(out_dir, name)
+  write_json(base + ".json", out)
+  if plot is not None:
+    plot(out, base + ".png")
+  if markdown is not None:
+    write_markdown(base + ".md", markdown(out))
+  return base
+
+
+def pyplot():
+  """matplotlib.pyplot on the file-only backend."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+# ----------------------------------------------------------------------------
+# Sweeps over K (reproduce_layers) and L (reproduce_data_size).
+
+# The paper's numbers (SPEC section 5), test accuracy / NLL, mean over 5 seeds.
+PAPER_LAYERS = {
+    "gd": {"accuracy": [0.702, 0.718, 0.729, 0.731, 0.728, 0.727],
+           "nll": [1.058, 0.971, 0.943, 0.924, 0.916, 0.921]},
+    "trained_tf": {"accuracy": [0.575, 0.524, 0.474, 0.480, 0.481, 0.483],
+                   "nll": [1.520, 1.743, 1.848, 1.847, 1.845, 1.838]},
+}
+PAPER_DATA_SIZE = {
+    "L": [2048, 4096, 8192, 12288, 16384, 20480, 24576, 32768],
+    "gd": [0.718, 0.723, 0.718, 0.723, 0.722, 0.724, 0.719, 0.727],
+    "trained_tf": [0.524, 0.609, 0.670, 0.687, 0.700, 0.704, 0.712, 0.720],
+}
+MODEL_LABEL = {"gd": "GD", "trained_tf": "Trained TF"}
+
+
+def define_sweep_flags(xs_name, xs_default, xs_help):
+  """The flags both sweeps share, plus the list of x values; returns holders."""
+  f = types.SimpleNamespace()
+  f.xs = flags.DEFINE_list(xs_name, xs_default, xs_help)
+  f.models = flags.DEFINE_list("models", ["gd", "trained_tf"], "Models to train.")
+  f.modes = flags.DEFINE_list("modes", ["draws", "seeds"], "'draws' and/or 'seeds'.")
+  f.draws = flags.DEFINE_list("draws", ["0", "1", "2", "3", "4"],
+                              "data.seed values of the draws mode.")
+  f.fixed_draw = flags.DEFINE_integer("fixed_draw", 5, "data.seed of the seeds mode.")
+  f.num_seeds = flags.DEFINE_integer("num_seeds", 5, "Init seeds of the seeds mode.")
+  f.epochs = flags.DEFINE_integer("epochs", 5000, "Training epochs (paper: 5000).")
+  f.eval_every = flags.DEFINE_integer("eval_every", 100, "Epochs between evaluations.")
+  f.patience = flags.DEFINE_integer(
+      "patience", None, "Early stop after this many evaluations without a"
+      " validation-NLL gain (None: off, as in the paper).")
+  f.gd_lr = flags.DEFINE_float("gd_lr", None, "GD base learning rate (None: the"
+                               " paper's per-K rate and schedule).")
+  f.tf_lr = flags.DEFINE_float("tf_lr", None, "Trained TF learning rate (None: paper's).")
+  f.members_per_step = flags.DEFINE_integer(
+      "members_per_step", None, "Seeds whose gradients are vmapped together (None:"
+      " all). On CPU at K >= 2, 1 is 1.4-1.7x faster for 5 seeds (bench_train).")
+  f.runs_dir = flags.DEFINE_string("runs_dir", "runs", "Root of checkpointed workdirs.")
+  f.results_dir = flags.DEFINE_string("results_dir", "experiments/results",
+                                      "Where <name>.json/.md/.png go.")
+  f.report_only = flags.DEFINE_bool("report_only", False,
+                                    "Only rewrite .md/.png from the .json.")
+  return f
+
+
+def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model):
+  """A short name of the training protocol (also part of the workdir)."""
+  lr = gd_lr if model == "gd" else tf_lr
+  if epochs == 5000 and eval_every == 100 and lr is None and patience is None:
+    return "paper"
+  tag = f"e{epochs}_ev{eval_every}_lr{'paper' if lr is None else f'{lr:g}'}"
+  return tag + (f"_pat{patience}" if patience is not None else "")
+
+
+def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
+            epochs, eval_every, gd_lr, tf_lr, patience, runs_dir, results_dir,
+            command, members_per_step=None):
+  """Trains one (model, K, L, draw) with 1 or num_seeds members; merges the result."""
+  tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model)
+  key = f"{mode}/{model}/K{num_layers}/L{num_train}/draw{data_seed}/{tag}"
+  lr = gd_lr if model == "gd" else tf_lr
+  cfg = synthetic_config(
+      "paper", num_layers, models=(model,), seed=0, num_seeds=num_seeds,
+      # A given rate replaces the base rate; the paper's decay schedule stays.
+      learning_rates=() if lr is None else (lr,),
+      data=dict(seed=data_seed, num_train=num_train),
+      train=dict(num_epochs=epochs, eval_every=eval_every, patience=patience,
+                 members_per_step=members_per_step))  # speed only: same maths
+  workdir = os.path.join(runs_dir, name, key.replace("/", "_"))
+  resumed = os.path.isdir(os.path.join(workdir, model, "checkpoints"))
+  print(f"[{time.strftime('%H:%M:%S')}] {key} -> {workdir}"
+        f"{' (resuming)' if resumed else ''}", flush=True)
+  t0 = time.time()
+  path = os.path.join(results_dir, f"{name}.json")
+  base = {"mode": mode, "model": model, "K": num_layers, "L": num_train,
+          "data_seed": data_seed, "protocol": tag}
+  try:
+    res = train.train(cfg, workdir).results[model]
+  except FloatingPointError as e:  # diverged: keep the record, go on with the sweep
+    print(f"    FAILED: {e}", flush=True)
+    merge_record(path, key, {**base, "error": str(e),
+                             "wall_s": round(time.time() - t0, 1),
+                             "command": command})
+    return None
+  wall = time.time() - t0
+  record = {
+      **base, "init_seeds": [m["seed"] for m in res["members"]],
+      "epochs": epochs, "eval_every": eval_every, "patience": patience,
+      "learning_rate": cfg.member_learning_rates(model)[0],
+      "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
+      "stopped_early": res["stopped_early"], "num_params": res["num_params"],
+      "members": res["members"], "bayes": res["bayes"],
+      "wall_s": round(wall, 1), "resumed": resumed, "workdir": workdir,
+      "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
+  accs = [m["test_accuracy"] for m in res["members"]]
+  print(f"    test acc {np.mean(accs):.3f} (members {np.round(accs, 3).tolist()}),"
+        f" Bayes max prob {res['bayes']['bayes_max_prob']:.3f}, {wall:.0f} s",
+        flush=True)
+  merge_record(path, key, record)
+  return record
+
+
+def merge_record(path, key, record):
+  data = load_json(path)
+  data[key] = record
+  write_json(path, data)
+
+
+def aggregate(records, xkey):
+  """Groups runs by (protocol, mode, model, x) -> mean/std of the test metrics.
+
+  draws mode: statistics over draws (each draw: the mean over its members);
+  seeds mode: statistics over the members of the one fixed draw.
+  """
+  groups = {}
+  for r in records.values():
+    if "error" in r:
+      continue
+    groups.setdefault((r["protocol"], r["mode"], r["model"], r["K"], r["L"]),
+                      []).append(r)
+  rows = []
+  for (protocol, mode, model, k, l), rs in sorted(groups.items()):
+    x = k if xkey == "K" else l
+    if mode == "draws":
+      units = [(np.mean([m["test_accuracy"] for m in r["members"]]),
+                np.mean([m["test_nll"] for m in r["members"]]),
+                r["bayes"]["bayes_max_prob"]) for r in rs]
+    else:
+      units = [(m["test_accuracy"], m["test_nll"], r["bayes"]["bayes_max_prob"])
+               for r in rs for m in r["members"]]
+    acc, nll, bayes = (np.asarray(u) for u in zip(*units))
+    rows.append({
+        "protocol": protocol, "mode": mode, "model": model, "x": x, "K": k, "L": l,
+        "n": len(units), "acc_units": acc.tolist(), "acc_mean": acc.mean(),
+        "acc_std": acc.std(), "nll_mean": nll.mean(), "nll_std": nll.std(),
+        "rel_mean": (acc / bayes).mean(), "rel_std": (acc / bayes).std(),
+        "bayes_mean": bayes.mean(), "bayes_std": bayes.std(),
+        "draws": sorted({r["data_seed"] for r in rs}),
+        "epochs": rs[0]["epochs"], "lr": sorted({r["learning_rate"] for r in rs}),
+        "best_epochs": sorted({m["best_epoch"] for r in rs for m in r["members"]}),
+        "wall_s": sum(r["wall_s"] for r in rs),
+    })
+  return rows
+
+
+def paper_value(model, xkey, x, metric="accuracy", k=None, l=None):
+  """The paper's number at this point (None where it reports none)."""
+  if (xkey == "K" and l != 2048) or (xkey == "L" and k != 2):
+    return None
+  if xkey == "K":
+    vals = PAPER_LAYERS[model][metric]
+    return vals[x - 1] if 1 <= x <= len(vals) else None
+  if metric != "accuracy" or x not in PAPER_DATA_SIZE["L"]:
+    return None
+  return PAPER_DATA_SIZE[model][PAPER_DATA_SIZE["L"].index(x)]
+
+
+def summary_table(rows, xkey):
+  lines = ["| model | mode | protocol | K | L | n | test acc | paper acc | diff |"
+           " test NLL | paper NLL | acc / Bayes | Bayes max prob | best epochs |"
+           " wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  fmt = lambda v: "—" if v is None else f"{v:.3f}"
+  for r in rows:
+    p_acc = paper_value(r["model"], xkey, r["x"], k=r["K"], l=r["L"])
+    p_nll = paper_value(r["model"], xkey, r["x"], "nll", k=r["K"], l=r["L"])
+    diff = "—" if p_acc is None else f"{r['acc_mean'] - p_acc:+.3f}"
+    n = f"{r['n']} {'draws' if r['mode'] == 'draws' else 'seeds'}"
+    be = r["best_epochs"]
+    be = f"{min(be)}-{max(be)}" if len(be) > 1 else str(be[0])
+    lines.append(
+        f"| {MODEL_LABEL[r['model']]} | {r['mode']} | {r['protocol']} | {r['K']} |"
+        f" {r['L']} | {n} |"
+        f" {r['acc_mean']:.3f} ± {r['acc_std']:.3f} | {fmt(p_acc)} | {diff} |"
+        f" {r['nll_mean']:.3f} ± {r['nll_std']:.3f} | {fmt(p_nll)} |"
+        f" {r['rel_mean']:.3f} ± {r['rel_std']:.3f} |"
+        f" {r['bayes_mean']:.3f} ± {r['bayes_std']:.3f} | {be} | {r['wall_s']:.0f} |")
+  return "\n".join(lines)
+
+
+def per_run_table(records, xkey):
+  lines = [f"| key | {xkey} | lr | epochs run | test acc (members) | test NLL |"
+           " Bayes max prob | wall s |", "|---|---|---|---|---|---|---|---|"]
+  for key, r in sorted(records.items()):
+    if "error" in r:
+      lines.append(f"| `{key}` | {r[xkey]} | — | diverged | {r['error'][:80]} |"
+                   f" — | — | {r['wall_s']:.0f} |")
+      continue
+    accs = [m["test_accuracy"] for m in r["members"]]
+    nlls = [m["test_nll"] for m in r["members"]]
+    lines.append(
+        f"| `{key}` | {r[xkey]} | {r['learning_rate']:g} | {r['epochs_run']} |"
+        f" {', '.join(f'{a:.3f}' for a in accs)} | {np.mean(nlls):.3f} |"
+        f" {r['bayes']['bayes_max_prob']:.3f} | {r['wall_s']:.0f} |")
+  return "\n".join(lines)
+
+
+def plot_sweep(rows, xkey, path, title):
+  """Test accuracy vs x with mean +- std error bars, the paper's as stars."""
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  colors = {"gd": "tab:blue", "trained_tf": "tab:red"}
+  styles = ["-", "--", "-.", ":"]  # one per curve; the marker gives the mode
+  groups = {}
+  for r in rows:
+    fixed = f"L={r['L']}" if xkey == "K" else f"K={r['K']}"
+    groups.setdefault((r["model"], r["mode"], r["protocol"], fixed), []).append(r)
+  for i, ((model, mode, protocol, fixed), rs) in enumerate(sorted(groups.items())):
+    rs = sorted(rs, key=lambda r: r["x"])
+    xs = np.asarray([r["x"] for r in rs], float)
+    if xkey == "L":
+      xs = xs * (1 + 0.02 * (i - len(groups) / 2))  # log axis: small dodge
+    else:
+      xs = xs + 0.04 * (i - len(groups) / 2)
+    ns = sorted({r["n"] for r in rs})
+    ns = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    marker = "D" if protocol == "paper" else "o" if mode == "draws" else "s"
+    if mode == "draws" and rs[0]["n"] > 1:  # each draw, faint
+      for x, r in zip(xs, rs):
+        xd = x * 0.97 if xkey == "L" else x - 0.1  # beside the error bar
+        ax.plot([xd] * r["n"], r["acc_units"], ls="none", marker=".", ms=3,
+                color=colors[model], alpha=0.35)
+    ax.errorbar(xs, [r["acc_mean"] for r in rs], yerr=[r["acc_std"] for r in rs],
+                color=colors[model], ls=styles[i % len(styles)], marker=marker, ms=5,
+                capsize=3,
+                label=f"{MODEL_LABEL[model]} {fixed}, {mode} (n={ns}), {protocol}")
+  for model in colors:
+    if not any(r["model"] == model for r in rows):
+      continue
+    if xkey == "K":
+      px, py = np.arange(1, 7), PAPER_LAYERS[model]["accuracy"]
+    else:
+      px, py = PAPER_DATA_SIZE["L"], PAPER_DATA_SIZE[model]
+    ax.plot(px, py, ls="none", marker="*", ms=11, color=colors[model],
+            markeredgecolor="k",
+            label=f"{MODEL_LABEL[model]}, paper ({'L=2048' if xkey == 'K' else 'K=2'})")
+  if xkey == "L":
+    ax.set_xscale("log", base=2)
+  ax.set_xlabel("K (layers = GD steps)" if xkey == "K" else "L (training contexts)")
+  ax.set_ylabel("test accuracy (best val NLL)")
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_sweep_reports(results_dir, name, xkey, title, header_md):
+  """Rewrites <name>.md and <name>.png from <name>.json (notes block kept)."""
+  records = load_json(os.path.join(results_dir, f"{name}.json"))
+  if not records:
+    return
+  rows = aggregate(records, xkey)
+  plot_sweep(rows, xkey, os.path.join(results_dir, f"{name}.png"), title)
+  after = [
+      "## Summary (mean ± std; draws mode: over draws, seeds mode: over init seeds)",
+      "", summary_table(rows, xkey), "",
+      "`diff` = ours - paper (test accuracy). `acc / Bayes` = test accuracy /"
+      " the test set's Bayes mean max probability (per draw, then averaged).",
+      "`best epochs` = epochs of the best validation NLL (early stopping).", "",
+      f"![{name}]({name}.png)", "",
+      f"## Every run (raw numbers in `{name}.json`)", "",
+      per_run_table(records, xkey), "",
+      "Commands that produced these runs:", ""]
+  after += [f"    {cmd}" for cmd in sorted({r["command"] for r in records.values()})]
+  write_markdown(os.path.join(results_dir, f"{name}.md"),
+                 [f"# {title}", "", header_md.strip()], after)
+
+
+def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
+  """Runs every (model, x, mode, draw) of the flags in `f`, one after another."""
+  quiet_logging()
+  command = command_line()
+  xs = [int(x) for x in f.xs.value]
+  for mode in f.modes.value:
+    if mode not in ("draws", "seeds"):
+      raise app.UsageError(f"--modes: 'draws' or 'seeds', got {mode!r}")
+  report = lambda: write_sweep_reports(f.results_dir.value, name, xkey, title,
+                                       header_md)
+  if not f.report_only.value:
+    for model in f.models.value:
+      for x in xs:
+        for mode in f.modes.value:
+          draws = ([int(d) for d in f.draws.value] if mode == "draws"
+                   else [f.fixed_draw.value])
+          for draw in draws:
+            run_one(name=name, mode=mode, model=model,
+                    num_layers=x if xkey == "K" else fixed_layers,
+                    num_train=x if xkey == "L" else fixed_train,
+                    data_seed=draw,
+                    num_seeds=1 if mode == "draws" else f.num_seeds.value,
+                    epochs=f.epochs.value, eval_every=f.eval_every.value,
+                    gd_lr=f.gd_lr.value, tf_lr=f.tf_lr.value,
+                    patience=f.patience.value, runs_dir=f.runs_dir.value,
+                    results_dir=f.results_dir.value, command=command,
+                    members_per_step=f.members_per_step.value)
+            report()
+  report()
