@@ -197,9 +197,10 @@ class GDMLP(nnx.Module):
     self.lrs = nnx.Param(_normal(rngs, (num_layers, embed_dim), init_scale))
     self.kernel_scale = nnx.Param(jnp.asarray(init_kernel_scale, jnp.float32))
     # The MLP's init is O(1/sqrt(fan_in)) so its output is not vanishing.
-    # K - 1 MLPs: E_K would never be read (the readout takes f).
-    self.mlp = _MLP(2 * embed_dim, mlp_hidden, embed_dim, num_layers - 1,
-                    (2 * embed_dim) ** -0.5, rngs)
+    # K - 1 MLPs: E_K would never be read (the readout takes f). None at
+    # K = 1: zero-length parameter arrays break chunked maps over members.
+    self.mlp = (_MLP(2 * embed_dim, mlp_hidden, embed_dim, num_layers - 1,
+                     (2 * embed_dim) ** -0.5, rngs) if num_layers > 1 else None)
 
   def __call__(self, x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD) -> jax.Array:
     w_e_CxE = self.embeddings()

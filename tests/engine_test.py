@@ -191,3 +191,14 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
   assert [s for s, _ in scalars["test/mse"]] == [10, 20, 30]
   np.testing.assert_allclose([v for _, v in scalars["test/mse"]],
                              [r["mse"] for r in jsonl], rtol=1e-6)
+
+
+def test_every_synthetic_model_trains_at_k1_with_seeds(tmp_path):
+  # GDMLP at K = 1 has no MLP; it used to crash the members' chunked map.
+  c = synthetic_config.get_config("smoke")
+  c.models = ("gdmlp",)
+  c.num_seeds = 2
+  c.train.num_epochs = 2
+  res = train.train(c, str(tmp_path)).results
+  assert all(np.isfinite(m["test_nll"]) for r in res.values()
+             for m in r["members"])
