@@ -64,6 +64,8 @@ def test_end_to_end_outputs(tmp_path):
     res = results[name]
     member = res["members"][0]
     assert 0 <= member["test_accuracy"] <= 1 and np.isfinite(member["test_nll"])
+    # Learnt something: below uniform predictions (ln C, C = 6 classes).
+    assert member["test_nll"] < np.log(6) - 0.05, (name, member)
     assert 0 < res["bayes"]["bayes_max_prob"] <= 1
     assert io.Checkpointer(os.path.join(workdir, name, "checkpoints")).latest_step() == 6
     records = io.read_metrics(os.path.join(workdir, name))
