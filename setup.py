@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="gdattn",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Attention blocks that perform exact multi-step functional gradient "
         "descent for in-context learning with categorical outputs."

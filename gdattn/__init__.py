@@ -26,4 +26,22 @@ from gdattn.kernels import KERNELS
 from gdattn.longcontext import categorical_gd_chunked
 from gdattn.longcontext import kernel_apply_chunked
 
-__version__ = "0.1.0"
+# The models, the training loop and the metrics.
+from gdattn import configs  # pylint: disable=unused-import
+from gdattn import tasks  # pylint: disable=unused-import
+from gdattn.metrics import accuracy
+from gdattn.metrics import compute_metrics
+from gdattn.metrics import nll
+from gdattn.metrics import top_k_accuracy
+from gdattn.models import GD
+from gdattn.models import GDMLP
+from gdattn.models import ICLModelConfig
+from gdattn.models import make_icl_model
+from gdattn.models import Transformer
+from gdattn.models import TrainedTF
+from gdattn.models import trained_tf_from_gd
+from gdattn import train  # the loop: gdattn.train.train(config, workdir)
+from gdattn.train import load
+from gdattn.train import train_and_evaluate
+
+__version__ = "0.2.0"
