@@ -9,6 +9,7 @@ only on concrete arrays, i.e. at the Python boundary outside jit; inside jit
 call `validate_labels` etc. yourself on the host before tracing.
 """
 
+import operator
 from typing import Any, Sequence
 
 import jax
@@ -44,6 +45,17 @@ def _dtype(x: Any, name: str) -> np.dtype:
   except Exception:  # e.g. a string or object array
     what = getattr(x, "dtype", type(x).__name__)
     raise TypeError(f"{name} must be a numeric array, got {what}") from None
+
+
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+  """Checks a static integer (Python or numpy, not bool) >= minimum; returns it."""
+  try:
+    ok = not isinstance(value, bool) and operator.index(value) >= minimum
+  except TypeError:  # floats, strings, None, tracers
+    ok = False
+  if not ok:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return operator.index(value)
 
 
 def check_rank(x: Any, name: str, rank: int, dims: str) -> tuple[int, ...]:
@@ -92,9 +104,12 @@ def check_finite(x: Any, name: str) -> None:
       )
 
 
-def check_kernel(kernel: Any, valid: Sequence[str] = kernels.KERNELS) -> None:
+def check_kernel(kernel: Any, valid: Sequence[str] | None = None,
+                 where: str = "") -> None:
+  """Checks `kernel` is one of `valid` (default: every registered kernel)."""
+  valid = kernels.KERNELS if valid is None else tuple(valid)
   if not isinstance(kernel, str) or kernel not in valid:
-    raise ValueError(f"kernel must be one of {tuple(valid)}, got {kernel!r}")
+    raise ValueError(f"{where}kernel must be one of {valid}, got {kernel!r}")
 
 
 def check_kernel_scale(kernel_scale: Any) -> None:
@@ -138,21 +153,39 @@ def validate_labels(y_ctx: Any, num_classes: int, name: str = "y_ctx") -> None:
     )
 
 
-def _check_context(x_ctx: Any, x_query: Any) -> tuple[int, int, int]:
-  n, d = check_rank(x_ctx, "x_ctx", 2, "[N, D]")
-  t, d_query = check_rank(x_query, "x_query", 2, "[T, D]")
+def check_points(keys: Any, queries: Any, key_name: str, query_name: str,
+                 ) -> tuple[int, int, int]:
+  """Checks keys [N, D] (N >= 1) and queries [T, D]: float, finite; (N, T, D)."""
+  n, d = check_rank(keys, key_name, 2, "[N, D]")
+  t, d_query = check_rank(queries, query_name, 2, "[T, D]")
   if d_query != d:
     raise ValueError(
-        f"x_query must have the input dim D = {d} of x_ctx (shape [T, {d}]),"
-        f" got shape {(t, d_query)}"
+        f"{query_name} must have the input dim D = {d} of {key_name} (shape"
+        f" [T, {d}]), got shape {(t, d_query)}"
     )
   if n < 1:
-    raise ValueError(f"x_ctx must hold at least one context point, got N = {n}")
-  check_floating(x_ctx, "x_ctx")
-  check_floating(x_query, "x_query")
-  check_finite(x_ctx, "x_ctx")
-  check_finite(x_query, "x_query")
+    raise ValueError(
+        f"{key_name} must hold at least one context point, got N = {n}")
+  check_floating(keys, key_name)
+  check_floating(queries, query_name)
+  check_finite(keys, key_name)
+  check_finite(queries, query_name)
   return n, t, d
+
+
+def _check_context(x_ctx: Any, x_query: Any) -> tuple[int, int, int]:
+  return check_points(x_ctx, x_query, "x_ctx", "x_query")
+
+
+def validate_kernel_inputs(q_TxD: Any, k_NxD: Any, kernel_scale: Any
+                           ) -> tuple[jax.Array, jax.Array]:
+  """Validates the arguments of the kernels' entry points; returns q, k as arrays.
+
+  The kernel name is checked by the caller (it knows which kernels it takes).
+  """
+  check_kernel_scale(kernel_scale)
+  check_points(k_NxD, q_TxD, "k_NxD", "q_TxD")
+  return jnp.asarray(q_TxD), jnp.asarray(k_NxD)
 
 
 def validate_gd_inputs(x_ctx, y_ctx, x_query, w_e, lrs, *, kernel, kernel_scale):

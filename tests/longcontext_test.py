@@ -177,7 +177,7 @@ def test_never_materialises_the_kernel_matrix():
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True, "64", None])
 def test_bad_chunk_size(chunk_size):
   p = _problem(jnp.float32, 8, 2)
-  with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+  with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
     longcontext.categorical_gd_chunked(
         **p, kernel="softmax", kernel_scale=1.0, chunk_size=chunk_size
     )
