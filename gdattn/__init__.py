@@ -6,6 +6,7 @@ The public API; see README.md. References: arXiv:2405.17248.
 from gdattn.attention import attention_stack
 from gdattn.attention import cross_attention
 from gdattn.attention import self_attention
+from gdattn.checks import checked
 from gdattn.checks import validate_gd_inputs
 from gdattn.checks import validate_labels
 from gdattn.construction import build_tokens
@@ -22,6 +23,8 @@ from gdattn.gd import regression_gd
 from gdattn.gd import regression_gd_trajectory
 from gdattn.kernels import attention_operator
 from gdattn.kernels import attention_weights
+from gdattn.kernels import get_kernel
+from gdattn.kernels import Kernel
 from gdattn.kernels import KERNELS
 from gdattn.longcontext import categorical_gd_chunked
 from gdattn.longcontext import kernel_apply_chunked

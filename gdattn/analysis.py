@@ -30,10 +30,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from flax import nnx
 
+from gdattn import kernels
 from gdattn import models
-
-# Kernels whose scale multiplies <q, k>, so it can move into the query weights.
-_SCALE_IN_QUERY = ("linear", "exp", "softmax")
 
 
 def param_vector(model: nnx.Module) -> jax.Array:
@@ -48,9 +46,11 @@ def embed_gd(gd_model: models.GD, input_dim: int) -> models.TrainedTF:
   every self-attention query projection by the GD model's s gives the same
   logits, and a point whose free parameters carry all of GD's.
   """
-  if gd_model.kernel not in _SCALE_IN_QUERY:
+  # Kernels whose scale multiplies <q, k>, so it can move into the query weights.
+  in_query = tuple(n for n, spec in kernels.REGISTRY.items() if spec.scale_in_query)
+  if gd_model.kernel not in in_query:
     raise ValueError(
-        f"embed_gd: gd_model.kernel must be one of {_SCALE_IN_QUERY} (the scale"
+        f"embed_gd: gd_model.kernel must be one of {in_query} (the scale"
         f" multiplies <q, k>), got {gd_model.kernel!r}")
   tf = models.trained_tf_from_gd(gd_model, input_dim)
   tf.self_wq[...] = tf.self_wq[...] * gd_model.kernel_scale[...]

@@ -54,9 +54,8 @@ def self_attention(
   v_HxNxV = jnp.einsum("nm,hmv->hnv", z_ctx_NxM, params["wv"])
   num_heads = q_HxSxP.shape[0]
   scale_H = jnp.broadcast_to(jnp.asarray(kernel_scale), (num_heads,))
-  att_HxSxN = jax.vmap(
-      lambda q, k, s: kernels.attention_weights(q, k, kernel=kernel, kernel_scale=s)
-  )(q_HxSxP, k_HxNxP, scale_H)
+  spec = kernels.get_kernel(kernel)
+  att_HxSxN = jax.vmap(spec.weights)(q_HxSxP, k_HxNxP, scale_H)
   return jnp.einsum("hsn,hnv,hvm->sm", att_HxSxN, v_HxNxV, params["wo"])
 
 

@@ -92,12 +92,12 @@ def functional_gd_trajectory(
 def kernel_operators(x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale):
   """(apply_query, apply_ctx) for `functional_gd_trajectory`, dense kernels
   computed once (apply_ctx is None at K = 1)."""
-  apply_query = kernels.attention_operator(
-      x_query_TxD, x_ctx_NxD, kernel=kernel, kernel_scale=kernel_scale)
+  # The entry points validated the inputs: the unchecked registry operator.
+  spec = kernels.get_kernel(kernel)
+  apply_query = spec.operator(x_query_TxD, x_ctx_NxD, kernel_scale)
   apply_ctx = None
   if num_steps > 1:
-    apply_ctx = kernels.attention_operator(
-        x_ctx_NxD, x_ctx_NxD, kernel=kernel, kernel_scale=kernel_scale)
+    apply_ctx = spec.operator(x_ctx_NxD, x_ctx_NxD, kernel_scale)
   return apply_query, apply_ctx
 
 

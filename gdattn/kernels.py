@@ -2,13 +2,18 @@
 
 Dimensions: T query rows, N context points (keys), D input dim.
 
-Every kernel of SPEC section 2 is a pure function of (queries, keys, scale):
-the unnormalised kernels carry the 1/N factor of the functional gradient; the
-softmax kernel is normalised over the N context points. References:
+Every kernel of SPEC section 2 is a record of `REGISTRY` (a `Kernel`): its
+base function phi of the inputs, whether the scale s enters the exponent, and
+whether it is normalised over the N context points (softmax) or carries the
+1/N factor of the functional gradient. The public functions validate their
+inputs (gdattn.checks) and dispatch on the record's fields, never on the
+kernel's name. References:
 arXiv:2405.17248 (section 3), arXiv:2212.07677 (linear case).
 """
 
+import dataclasses
 import functools
+import types
 from typing import Callable
 
 import jax
@@ -16,7 +21,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
-KERNELS = ("linear", "exp", "rbf", "laplacian", "softmax")
+from gdattn import checks
 
 
 def _sq_dist(q_TxD: jax.Array, k_NxD: jax.Array) -> jax.Array:
@@ -34,15 +39,94 @@ def _l1_dist(q_TxD: jax.Array, k_NxD: jax.Array) -> jax.Array:
   return jnp.sum(jnp.abs(q_TxD[:, None, :] - k_NxD[None, :, :]), axis=-1)
 
 
-def _kernel_base(q_TxD: jax.Array, k_NxD: jax.Array, kernel: str) -> jax.Array:
-  """phi with log k(x, x_i) = s * phi: the part of the logits without s."""
-  if kernel in ("exp", "softmax", "linear"):
-    return q_TxD @ k_NxD.T
-  if kernel == "rbf":
-    return -_sq_dist(q_TxD, k_NxD)
-  if kernel == "laplacian":
-    return -_l1_dist(q_TxD, k_NxD)
-  raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+def _dot(q_TxD: jax.Array, k_NxD: jax.Array) -> jax.Array:
+  return q_TxD @ k_NxD.T
+
+
+def _neg_sq_dist(q_TxD: jax.Array, k_NxD: jax.Array) -> jax.Array:
+  return -_sq_dist(q_TxD, k_NxD)
+
+
+def _neg_l1_dist(q_TxD: jax.Array, k_NxD: jax.Array) -> jax.Array:
+  return -_l1_dist(q_TxD, k_NxD)
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  """One attention kernel a(x, x_i), everything the core needs to know about it.
+
+  With phi = `base(q, k)` and s the kernel scale, the weights are
+
+      a = s phi / N                          (not scale_in_exponent)
+      a = exp(s phi) / N                     (scale_in_exponent)
+      a = exp(s phi) / sum_j exp(s phi_j)    (scale_in_exponent, normalised)
+
+  so log k(x, x_i) = s phi for the exponential kernels: the chunked
+  long-context path (`gdattn.longcontext`) normalises online in that log
+  domain, and `attention_operator`'s derivative w.r.t. s reads phi.
+
+  Attributes:
+    name: the `kernel=` string of every entry point.
+    base: phi(q [T, D], k [N, D]) -> [T, N], the logits without s.
+    scale_in_exponent: s multiplies phi inside exp (else a = s phi / N).
+    normalised: normalised over the N context points (softmax) instead of
+      carrying the 1/N of the functional gradient.
+    form: "dot" (phi = <q, k>) or "distance" (phi = -dist(q, k)).
+
+  References: arXiv:2405.17248 (section 3).
+  """
+
+  name: str
+  base: Callable[[jax.Array, jax.Array], jax.Array]
+  scale_in_exponent: bool
+  normalised: bool
+  form: str
+
+  def __post_init__(self):
+    if self.form not in ("dot", "distance"):
+      raise ValueError(f"form must be 'dot' or 'distance', got {self.form!r}")
+    if self.normalised and not self.scale_in_exponent:
+      # sum_j s phi_j can vanish or change sign: no normalised linear kernel.
+      raise ValueError(
+          f"kernel {self.name!r}: normalised needs scale_in_exponent")
+
+  @property
+  def scale_in_query(self) -> bool:
+    """s phi = <s q, k>: the scale can move into a query projection."""
+    return self.form == "dot"
+
+  def logits(self, q_TxD: jax.Array, k_NxD: jax.Array, kernel_scale) -> jax.Array:
+    """s * phi, [T, N] (the log-kernel when scale_in_exponent). Unchecked."""
+    return kernel_scale * self.base(q_TxD, k_NxD)
+
+  def weights(self, q_TxD: jax.Array, k_NxD: jax.Array, kernel_scale) -> jax.Array:
+    """a(q, k) [T, N]; unchecked (see `attention_weights`)."""
+    return _weights_from_base(self, kernel_scale, self.base(q_TxD, k_NxD))
+
+  def operator(self, q_TxD: jax.Array, k_NxD: jax.Array, kernel_scale
+               ) -> Callable[[jax.Array], jax.Array]:
+    """u -> a(q, k) @ u; unchecked (see `attention_operator`)."""
+    return _operator(self, q_TxD, k_NxD, kernel_scale)
+
+
+# Adding a kernel is one entry here: the dense core, the chunked path, the
+# theory probes and the tests all read these records.
+REGISTRY = types.MappingProxyType({spec.name: spec for spec in (
+    Kernel("linear", _dot, scale_in_exponent=False, normalised=False, form="dot"),
+    Kernel("exp", _dot, scale_in_exponent=True, normalised=False, form="dot"),
+    Kernel("rbf", _neg_sq_dist, scale_in_exponent=True, normalised=False,
+           form="distance"),
+    Kernel("laplacian", _neg_l1_dist, scale_in_exponent=True, normalised=False,
+           form="distance"),
+    Kernel("softmax", _dot, scale_in_exponent=True, normalised=True, form="dot"),
+)})
+KERNELS = tuple(REGISTRY)
+
+
+def get_kernel(kernel: str) -> Kernel:
+  """The registry record of `kernel`; ValueError naming the valid names."""
+  checks.check_kernel(kernel, KERNELS)
+  return REGISTRY[kernel]
 
 
 def kernel_logits(
@@ -50,25 +134,24 @@ def kernel_logits(
 ) -> jax.Array:
   """Log of the unnormalised kernel, log k(x, x_i), for the exponential kernels.
 
-  Defined for "exp", "softmax" (s <x, x_i>), "rbf" (-s ||x - x_i||^2) and
-  "laplacian" (-s ||x - x_i||_1). The chunked long-context path works in this
-  log domain so that it can normalise online.
+  Defined for the kernels with `scale_in_exponent`: "exp", "softmax"
+  (s <x, x_i>), "rbf" (-s ||x - x_i||^2) and "laplacian" (-s ||x - x_i||_1).
+  The chunked long-context path works in this log domain so that it can
+  normalise online.
 
   Args:
     q_TxD: query inputs.
     k_NxD: context (key) inputs.
-    kernel: one of "exp", "softmax", "rbf", "laplacian".
+    kernel: a kernel of the registry with scale_in_exponent.
     kernel_scale: s > 0.
 
   Returns:
     [T, N] log-kernel values.
   """
-  if kernel not in ("exp", "softmax", "rbf", "laplacian"):
-    raise ValueError(
-        f"kernel_logits: kernel must be one of ('exp', 'softmax', 'rbf',"
-        f" 'laplacian'), got {kernel!r}"
-    )
-  return kernel_scale * _kernel_base(jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel)
+  exponential = tuple(n for n, spec in REGISTRY.items() if spec.scale_in_exponent)
+  checks.check_kernel(kernel, exponential, where="kernel_logits: ")
+  q_TxD, k_NxD = checks.validate_kernel_inputs(q_TxD, k_NxD, kernel_scale)
+  return REGISTRY[kernel].logits(q_TxD, k_NxD, kernel_scale)
 
 
 def attention_weights(
@@ -86,24 +169,29 @@ def attention_weights(
 
   Args:
     q_TxD: query inputs (the points whose function value is updated).
-    k_NxD: context inputs (keys); N is their number.
+    k_NxD: context inputs (keys); N >= 1 is their number.
     kernel: one of KERNELS.
     kernel_scale: s > 0 (scalar).
 
   Returns:
     [T, N] attention weights.
 
+  Raises:
+    ValueError, TypeError: bad kernel, kernel_scale, ranks, input dims,
+      dtypes, or (on concrete inputs) NaN/inf entries or s <= 0.
+
   References: arXiv:2405.17248, section 3.
   """
-  base_TxN = _kernel_base(jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel)
-  return _weights_from_base(kernel, kernel_scale, base_TxN)
+  spec = get_kernel(kernel)
+  q_TxD, k_NxD = checks.validate_kernel_inputs(q_TxD, k_NxD, kernel_scale)
+  return spec.weights(q_TxD, k_NxD, kernel_scale)
 
 
-def _weights_from_base(kernel, kernel_scale, base_TxN):
+def _weights_from_base(spec: Kernel, kernel_scale, base_TxN):
   logits_TxN = kernel_scale * base_TxN
-  if kernel == "softmax":
+  if spec.normalised:
     return jax.nn.softmax(logits_TxN, axis=-1)
-  if kernel == "linear":
+  if not spec.scale_in_exponent:
     return logits_TxN / base_TxN.shape[-1]
   return jnp.exp(logits_TxN) / base_TxN.shape[-1]
 
@@ -134,17 +222,27 @@ def attention_operator(
 
   Returns:
     apply(u [N, F]) -> [T, F].
+
+  Raises:
+    ValueError, TypeError: as `attention_weights` (checked once, here; `u`
+      is not checked).
   """
-  base_TxN = _kernel_base(jnp.asarray(q_TxD), jnp.asarray(k_NxD), kernel)
-  if kernel == "linear":
+  spec = get_kernel(kernel)
+  q_TxD, k_NxD = checks.validate_kernel_inputs(q_TxD, k_NxD, kernel_scale)
+  return spec.operator(q_TxD, k_NxD, kernel_scale)
+
+
+def _operator(spec: Kernel, q_TxD, k_NxD, kernel_scale):
+  base_TxN = spec.base(jnp.asarray(q_TxD), jnp.asarray(k_NxD))
+  if not spec.scale_in_exponent:
     # Linear in s: scaling after the product keeps s's derivative O(T F).
     return lambda u_NxF: (base_TxN @ u_NxF) * kernel_scale / base_TxN.shape[-1]
-  weights_TxN = _weights_from_base(kernel, kernel_scale, base_TxN)
+  weights_TxN = _weights_from_base(spec, kernel_scale, base_TxN)
   # Only the derivative reads these (dead code, removed under jit, otherwise);
   # built once here rather than at every application.
   weighted_base_TxN = weights_TxN * base_TxN
   weighted_base_sum_Tx1 = jnp.sum(weighted_base_TxN, axis=-1, keepdims=True)
-  normalised = kernel == "softmax"
+  normalised = spec.normalised
   return lambda u_NxF: _apply_exponential(
       normalised, kernel_scale, base_TxN, weights_TxN, weighted_base_TxN,
       weighted_base_sum_Tx1, u_NxF)

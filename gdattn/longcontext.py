@@ -41,7 +41,6 @@ softmax), arXiv:2112.05682 (memory-efficient attention).
 """
 
 import math
-import operator
 
 import jax
 import jax.numpy as jnp
@@ -50,21 +49,6 @@ from jax.typing import ArrayLike
 from gdattn import checks
 from gdattn import gd
 from gdattn import kernels
-
-
-def _check_chunk_size(chunk_size) -> int:
-  if isinstance(chunk_size, bool):
-    raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-  try:
-    value = operator.index(chunk_size)
-  except TypeError:
-    raise ValueError(
-        f"chunk_size must be a positive int, got {type(chunk_size).__name__}"
-        f" {chunk_size!r}"
-    ) from None
-  if value < 1:
-    raise ValueError(f"chunk_size must be a positive int, got {value}")
-  return value
 
 
 def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
@@ -96,16 +80,14 @@ def _row_tile_linear(q_QxD, keys, kernel_scale, num_keys):
   return kernel_scale * acc_QxE / num_keys
 
 
-def _row_tile_exponential(q_QxD, keys, kernel, kernel_scale, num_keys):
+def _row_tile_exponential(q_QxD, keys, spec, kernel_scale, num_keys):
   x_JxPxD, u_JxPxE, mask_JxP = keys
   dtype = u_JxPxE.dtype
 
   def body(carry, key_chunk):
     m_Q, l_Q, acc_QxE = carry
     k_PxD, u_PxE, mask_P = key_chunk
-    logits_QxP = kernels.kernel_logits(
-        q_QxD, k_PxD, kernel=kernel, kernel_scale=kernel_scale
-    ).astype(dtype)
+    logits_QxP = spec.logits(q_QxD, k_PxD, kernel_scale).astype(dtype)
     logits_QxP = jnp.where(mask_P[None, :], logits_QxP, -jnp.inf)
     m_new_Q = jnp.maximum(m_Q, jnp.max(logits_QxP, axis=-1))
     # Chunk 0 always holds a real key (padding only fills the last chunk), so
@@ -124,7 +106,7 @@ def _row_tile_exponential(q_QxD, keys, kernel, kernel_scale, num_keys):
       jnp.zeros((num_rows, u_JxPxE.shape[-1]), dtype),
   )
   (m_Q, l_Q, acc_QxE), _ = jax.lax.scan(body, init, (x_JxPxD, u_JxPxE, mask_JxP))
-  if kernel == "softmax":
+  if spec.normalised:
     return acc_QxE / l_Q[:, None]
   return jnp.exp(m_Q)[:, None] * acc_QxE / num_keys
 
@@ -142,11 +124,45 @@ def kernel_apply_chunked(
 
   Equals `kernels.attention_weights(x_rows, x_keys, ...) @ u` (the softmax
   kernel normalised over the N keys) without forming the [R, N] matrix.
+
+  Args:
+    x_rows_RxD: the rows (R >= 0; R = 0 gives an empty [0, E] result, as the
+      dense product does).
+    x_keys_NxD: the keys, N >= 1.
+    u_NxE: one value row per key.
+    kernel: one of gdattn.KERNELS.
+    kernel_scale: s > 0.
+    chunk_size: tile edge (static int >= 1), clamped to R and to N.
+
+  Returns:
+    [R, E].
+
+  Raises:
+    ValueError, TypeError: bad kernel, kernel_scale, chunk_size, ranks, dims,
+      dtypes, or (on concrete inputs) NaN/inf entries.
   """
-  x_rows_RxD, x_keys_NxD = jnp.asarray(x_rows_RxD), jnp.asarray(x_keys_NxD)
-  u_NxE = jnp.asarray(u_NxE)
-  chunk_size = _check_chunk_size(chunk_size)
+  spec = kernels.get_kernel(kernel)
+  chunk_size = checks.check_int(chunk_size, "chunk_size", 1)
+  num_keys, _, _ = checks.check_points(x_keys_NxD, x_rows_RxD, "x_keys_NxD",
+                                       "x_rows_RxD")
+  checks.check_kernel_scale(kernel_scale)
+  n_u, _ = checks.check_rank(u_NxE, "u_NxE", 2, "[N, E]")
+  if n_u != num_keys:
+    raise ValueError(
+        f"u_NxE must have one row per key, shape [{num_keys}, E] (N from"
+        f" x_keys_NxD), got shape {jnp.shape(u_NxE)}")
+  checks.check_floating(u_NxE, "u_NxE")
+  checks.check_finite(u_NxE, "u_NxE")
+  return _apply_chunked(spec, jnp.asarray(x_rows_RxD), jnp.asarray(x_keys_NxD),
+                        jnp.asarray(u_NxE), kernel_scale, chunk_size)
+
+
+def _apply_chunked(spec, x_rows_RxD, x_keys_NxD, u_NxE, kernel_scale, chunk_size):
+  """`kernel_apply_chunked` on validated inputs."""
   num_rows, num_keys = x_rows_RxD.shape[0], x_keys_NxD.shape[0]
+  if num_rows == 0:  # no tiles to map over (and no row chunk to divide by)
+    dtype = jnp.result_type(x_rows_RxD, x_keys_NxD, u_NxE)
+    return jnp.zeros((0, u_NxE.shape[-1]), dtype)
   # Never pad a short axis up to a long chunk: clamp each chunk to its axis.
   row_chunk, key_chunk = min(chunk_size, num_rows), min(chunk_size, num_keys)
   keys = _tile_keys(x_keys_NxD, u_NxE, key_chunk)
@@ -154,10 +170,10 @@ def kernel_apply_chunked(
   x_IxQxD = _pad_rows(x_rows_RxD, padded_rows).reshape(
       padded_rows // row_chunk, row_chunk, -1
   )
-  if kernel == "linear":
-    tile = lambda q: _row_tile_linear(q, keys, kernel_scale, num_keys)
+  if spec.scale_in_exponent:
+    tile = lambda q: _row_tile_exponential(q, keys, spec, kernel_scale, num_keys)
   else:
-    tile = lambda q: _row_tile_exponential(q, keys, kernel, kernel_scale, num_keys)
+    tile = lambda q: _row_tile_linear(q, keys, kernel_scale, num_keys)
   out_IxQxE = jax.lax.map(tile, x_IxQxD)
   return out_IxQxE.reshape(padded_rows, -1)[:num_rows]
 
@@ -183,12 +199,13 @@ def categorical_gd_chunked(
     lrs: [K, E]; step k uses diag(lrs[k]).
     kernel: one of gdattn.KERNELS.
     kernel_scale: s > 0.
-    chunk_size: tile edge (static positive int) for rows and keys; clamped to
+    chunk_size: tile edge (static int >= 1) for rows and keys; clamped to
       N (keys) and to the row count. Peak memory grows as chunk_size^2.
 
   Returns:
     [T, E] f_K at the queries; the logits are f @ w_e.T. Equal to
-    `categorical_gd` up to floating-point summation order.
+    `categorical_gd` up to floating-point summation order. T = 0 queries
+    give an empty [0, E] result, as `categorical_gd` does.
 
   Raises:
     ValueError: bad chunk_size, or any input `categorical_gd` rejects.
@@ -198,12 +215,11 @@ def categorical_gd_chunked(
   *_, num_steps = checks.validate_gd_inputs(
       x_ctx, y_ctx, x_query, w_e, lrs, kernel=kernel, kernel_scale=kernel_scale
   )
-  chunk_size = _check_chunk_size(chunk_size)
+  chunk_size = checks.check_int(chunk_size, "chunk_size", 1)
+  spec = kernels.get_kernel(kernel)
   p = gd.categorical_setup(x_ctx, y_ctx, x_query, w_e, lrs)
-  apply = lambda rows: lambda u: kernel_apply_chunked(
-      rows, p.x_ctx_NxD, u, kernel=kernel, kernel_scale=kernel_scale,
-      chunk_size=chunk_size,
-  )
+  apply = lambda rows: lambda u: _apply_chunked(
+      spec, rows, p.x_ctx_NxD, u, kernel_scale, chunk_size)
   # The dense reference's engine with tiled operators: K - 1 passes over the
   # context rows, one over the queries with the summed updates.
   f_query_TxE = gd.functional_gd_trajectory(

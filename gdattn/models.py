@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gdattn import attention
+from gdattn import checks
 from gdattn import construction
 from gdattn import gd
 from gdattn import kernels
@@ -35,6 +36,12 @@ MODELS = ("gd", "trained_tf", "gdmlp", "transformer")
 
 def _normal(rngs: nnx.Rngs, shape, scale: float) -> jax.Array:
   return scale * jax.random.normal(rngs.params(), shape)
+
+
+def _check_sizes(**sizes: int) -> None:
+  """Every model size argument is an int >= 1 (named in the error)."""
+  for name, value in sizes.items():
+    checks.check_int(value, name, 1)
 
 
 class _ClassEmbeddings(nnx.Module):
@@ -60,6 +67,10 @@ class GD(nnx.Module):
                kernel: str = "softmax", init_scale: float = 0.002,
                init_kernel_scale: float = 1.0, fix_last_class: bool = True,
                rngs: nnx.Rngs):
+    _check_sizes(num_classes=num_classes, embed_dim=embed_dim,
+                 num_layers=num_layers)
+    kernels.get_kernel(kernel)
+    checks.check_kernel_scale(init_kernel_scale)
     self.kernel = kernel
     self.embeddings = _ClassEmbeddings(
         num_classes, embed_dim, init_scale, fix_last_class, rngs)
@@ -67,6 +78,8 @@ class GD(nnx.Module):
     self.kernel_scale = nnx.Param(jnp.asarray(init_kernel_scale, jnp.float32))
 
   def __call__(self, x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD) -> jax.Array:
+    checks.validate_model_inputs(x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD,
+                                 num_classes=self.embeddings.w_e.shape[0])
     w_e_CxE = self.embeddings()
     f_BxTxE = jax.vmap(
         lambda x, y, q: gd.categorical_gd(
@@ -91,6 +104,9 @@ class TrainedTF(nnx.Module):
                num_layers: int, kernel: str = "softmax", num_heads: int = 2,
                init_scale: float | None = None, token_layout: str = "exact",
                fix_last_class: bool = True, rngs: nnx.Rngs):
+    _check_sizes(input_dim=input_dim, num_classes=num_classes,
+                 embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads)
+    kernels.get_kernel(kernel)
     if token_layout not in ("exact", "paper"):
       raise ValueError(
           f"token_layout must be 'exact' or 'paper', got {token_layout!r}")
@@ -120,6 +136,9 @@ class TrainedTF(nnx.Module):
     }
 
   def __call__(self, x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD) -> jax.Array:
+    checks.validate_model_inputs(
+        x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD,
+        num_classes=self.embeddings.w_e.shape[0], input_dim=self.layout.input_dim)
     w_e_CxE = self.embeddings()
     params = self.attention_params()
     num_ctx = x_ctx_BxNxD.shape[1]
@@ -191,6 +210,10 @@ class GDMLP(nnx.Module):
                kernel: str = "softmax", mlp_hidden: int = 16,
                init_scale: float = 0.002, init_kernel_scale: float = 1.0,
                fix_last_class: bool = True, rngs: nnx.Rngs):
+    _check_sizes(num_classes=num_classes, embed_dim=embed_dim,
+                 num_layers=num_layers, mlp_hidden=mlp_hidden)
+    kernels.get_kernel(kernel)
+    checks.check_kernel_scale(init_kernel_scale)
     self.kernel = kernel
     self.embeddings = _ClassEmbeddings(
         num_classes, embed_dim, init_scale, fix_last_class, rngs)
@@ -203,8 +226,11 @@ class GDMLP(nnx.Module):
                      (2 * embed_dim) ** -0.5, rngs) if num_layers > 1 else None)
 
   def __call__(self, x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD) -> jax.Array:
+    checks.validate_model_inputs(x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD,
+                                 num_classes=self.embeddings.w_e.shape[0])
     w_e_CxE = self.embeddings()
     lrs_KxE, s = self.lrs[...], self.kernel_scale[...]
+    checks.check_kernel_scale(s)  # the unchecked operators below do not
 
     def one(x_NxD, y_N, q_TxD):
       target_NxE = w_e_CxE[y_N]
@@ -235,6 +261,13 @@ class Transformer(nnx.Module):
                num_layers: int, model_dim: int = 64, num_heads: int = 4,
                mlp_hidden: int = 128, fix_last_class: bool = True,
                rngs: nnx.Rngs):
+    _check_sizes(input_dim=input_dim, num_classes=num_classes,
+                 embed_dim=embed_dim, num_layers=num_layers, model_dim=model_dim,
+                 num_heads=num_heads, mlp_hidden=mlp_hidden)
+    if model_dim % num_heads:
+      raise ValueError(f"model_dim must be a multiple of num_heads = {num_heads},"
+                       f" got {model_dim}")
+    self.input_dim = input_dim
     self.embeddings = _ClassEmbeddings(
         num_classes, embed_dim, embed_dim ** -0.5, fix_last_class, rngs)
     self.embed = nnx.Linear(input_dim + embed_dim, model_dim, rngs=rngs)
@@ -246,6 +279,9 @@ class Transformer(nnx.Module):
     self.readout = nnx.Linear(model_dim, embed_dim, rngs=rngs)
 
   def __call__(self, x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD) -> jax.Array:
+    checks.validate_model_inputs(
+        x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD,
+        num_classes=self.embeddings.w_e.shape[0], input_dim=self.input_dim)
     w_e_CxE = self.embeddings()
     b, n, _ = x_ctx_BxNxD.shape
     t = x_query_BxTxD.shape[1]

@@ -11,7 +11,9 @@ NaN/inf.
 """
 
 import functools
+import re
 
+import chex
 import hypothesis
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -604,3 +606,87 @@ def test_fuzz_moderate_valid_input_gives_finite_output(call):
   out = np.asarray(_run(entry, args))
   assert out.shape[-2:] == out_tail
   assert np.all(np.isfinite(out))
+
+
+# --- checked mode: the value checks inside jit / vmap (checkify) -------------
+
+
+def _checked_gd():
+  gd_fn = functools.partial(gdattn.categorical_gd, kernel="softmax")
+  return gdattn.checked(lambda x, y, q, w, l, s: gd_fn(x, y, q, w, l, kernel_scale=s))
+
+
+# (id, overrides, message): the value errors an eager call raises.
+VALUE_CASES = [
+    ("label_C", {"y_ctx": np.array([0, 1, 3, 0], np.int32)},
+     "y_ctx must hold class labels in [0, 3) (C = w_e.shape[0]), got values in [0, 3]"),
+    ("label_negative", {"y_ctx": np.array([0, -1, 2, 0], np.int32)},
+     "y_ctx must hold class labels in [0, 3) (C = w_e.shape[0]), got values in [-1, 2]"),
+    ("x_ctx_nan", {"x_ctx": _with_nan((N, D))}, "x_ctx must be finite, got 1 NaN/inf"),
+    ("lrs_inf", {"lrs": _with_nan((K, E), value=np.inf)}, "lrs must be finite, got 1"),
+    ("scale_negative", {"kernel_scale": np.float32(-1.0)},
+     "kernel_scale must be finite and > 0, got -1.0"),
+]
+
+
+def _checked_args(overrides):
+  args = _valid_args("categorical_gd")
+  args.update(overrides)
+  return (args["x_ctx"], args["y_ctx"], args["x_query"], args["w_e"], args["lrs"],
+          np.float32(args["kernel_scale"]))
+
+
+@pytest.mark.parametrize("overrides,message",
+                         [pytest.param(o, m, id=i) for i, o, m in VALUE_CASES])
+def test_checked_catches_value_errors_under_jit(overrides, message):
+  args = _checked_args(overrides)
+  # Unchecked, jit cannot raise on values: the bad input runs silently.
+  gd_fn = functools.partial(gdattn.categorical_gd, kernel="softmax")
+  jax.jit(lambda *a: gd_fn(*a[:5], kernel_scale=a[5]))(*args)
+  err, _ = jax.jit(_checked_gd())(*args)
+  assert message in err.get()
+  with pytest.raises(Exception, match=re.escape(message)):
+    err.throw()
+
+
+def test_checked_passes_valid_input_and_equals_unchecked():
+  args = _checked_args({})
+  err, f_TxE = jax.jit(_checked_gd())(*args)
+  assert err.get() is None
+  want = gdattn.categorical_gd(*args[:5], kernel="softmax", kernel_scale=args[5])
+  chex.assert_trees_all_close(f_TxE, want, rtol=VMAP_RTOL, atol=VMAP_ATOL)
+
+
+def test_checked_under_vmap_flags_the_bad_context_only():
+  good = _checked_args({})
+  bad = _checked_args({"y_ctx": np.array([0, 1, 7, 0], np.int32)})
+  stacked = [np.stack([g, b]) for g, b in zip(good[:3], bad[:3])]
+  batched = jax.vmap(_checked_gd(), in_axes=(0, 0, 0, None, None, None))
+  for fn in (batched, jax.jit(batched)):
+    err, f_BxTxE = fn(*stacked, *good[3:])
+    assert "y_ctx must hold class labels in [0, 3)" in err.get()
+    assert "[0, 7]" in err.get()
+    chex.assert_shape(f_BxTxE, (2, T, E))
+  # Checked inside the vmap: vmap of a checked function, the other order.
+  err, _ = jax.jit(gdattn.checked(jax.vmap(
+      lambda x, y, q: gdattn.categorical_gd(
+          x, y, q, good[3], good[4], kernel="softmax", kernel_scale=1.0))))(
+              *stacked)
+  assert "[0, 7]" in err.get()
+
+
+def test_checked_catches_an_overflowing_result():
+  args = list(_checked_args({}))
+  args[0] = args[0] * 100.0  # exp(s <x, x_i>) overflows float32
+  args[2] = args[2] * 100.0
+  exp_gd = gdattn.checked(lambda x, y, q, w, l, s: gdattn.categorical_gd(
+      x, y, q, w, l, kernel="exp", kernel_scale=s))
+  err, _ = jax.jit(exp_gd)(*args)
+  assert "categorical_gd produced NaN/inf" in err.get()
+
+
+def test_shape_errors_still_raise_at_trace_time_in_checked_mode():
+  args = list(_checked_args({}))
+  args[2] = args[2][:, :2]
+  with pytest.raises(ValueError, match=r"x_query must have the input dim D = 3"):
+    jax.jit(_checked_gd())(*args)

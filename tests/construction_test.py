@@ -100,7 +100,7 @@ def test_stack_logits_equal_gd_float64(x64, kernel, num_steps):
   chex.assert_shape(logits_TxC, (t, c))
   assert logits_TxC.dtype == jnp.float64
   ref_logits_TxC = reference_trajectory(kernel, "float64")[num_steps] @ p["w_e"].T
-  np.testing.assert_allclose(logits_TxC, ref_logits_TxC, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(logits_TxC, ref_logits_TxC, rtol=0, atol=F64_ATOL)
   # Non-vacuous: the logits are 1e8 times the tolerance or more.
   assert np.max(np.abs(ref_logits_TxC)) > 1e-2
 
@@ -112,7 +112,7 @@ def test_stack_trajectory_equals_gd_at_every_step_float64(x64, kernel):
   (_, _, _, e, t), _ = SETTINGS[kernel]
   chex.assert_shape(traj, (MAX_STEPS + 1, t, e))
   ref = reference_trajectory(kernel, "float64")
-  np.testing.assert_allclose(traj, ref, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(traj, ref, rtol=0, atol=F64_ATOL)
   # Every block moved f: block k really performs step k.
   assert np.all(np.max(np.abs(np.diff(ref, axis=0)), axis=(1, 2)) > 1e-3)
 
@@ -138,13 +138,12 @@ def test_stack_equals_gd_float32_at_depth_8(x32, kernel):
   ref = reference_trajectory(kernel, "float32")
   ref_logits_TxC = ref[-1] @ p["w_e"].T
   scale = max(1.0, float(np.max(np.abs(ref_logits_TxC))))
-  np.testing.assert_allclose(
+  chex.assert_trees_all_close(
       logits_TxC, ref_logits_TxC, rtol=0, atol=F32_RTOL_PER_STEP * MAX_STEPS * scale
   )
   for k in range(1, MAX_STEPS + 1):
-    np.testing.assert_allclose(
-        traj[k], ref[k], rtol=0, atol=F32_RTOL_PER_STEP * k * scale, err_msg=f"k={k}"
-    )
+    chex.assert_trees_all_close(
+        traj[k], ref[k], rtol=0, atol=F32_RTOL_PER_STEP * k * scale)
 
 
 def test_exp_kernel_stays_finite_at_depth_8(x32):
@@ -160,7 +159,7 @@ def test_exp_kernel_stays_finite_at_depth_8(x32):
   ref = _reference(**p, kernel="exp", kernel_scale=s)
   ref_logits_TxC = ref[-1] @ p["w_e"].T
   scale = float(np.max(np.abs(ref_logits_TxC)))
-  np.testing.assert_allclose(
+  chex.assert_trees_all_close(
       logits_TxC, ref_logits_TxC, rtol=0, atol=F32_RTOL_PER_STEP * MAX_STEPS * scale
   )
 
@@ -199,7 +198,7 @@ def test_build_tokens_fills_the_slots(x64):
   np.testing.assert_array_equal(z_SxM[n:, layout.x], p["x_query"])
   np.testing.assert_array_equal(z_SxM[:n, layout.w], p["w_e"][p["y_ctx"]])
   np.testing.assert_array_equal(z_SxM[n:, layout.w], 0.0)  # queries: no label.
-  np.testing.assert_allclose(
+  chex.assert_trees_all_close(
       z_SxM[:, layout.expectation(0)],
       np.broadcast_to(p["w_e"].mean(axis=0), (n + t, layout.embed_dim)),
       rtol=1e-15,
@@ -266,7 +265,7 @@ def test_perturbing_any_constructed_weight_changes_the_output(x64):
   run = functools.partial(_stack, z_SxM=z_SxM, memory_CxE=p["w_e"], num_context=n,
                           kernel="softmax", kernel_scale=SETTINGS["softmax"][1])
   f_TxE = run(params)[-1, n:, layout.f]
-  np.testing.assert_allclose(
+  chex.assert_trees_all_close(
       f_TxE, reference_trajectory("softmax", "float64")[num_steps],
       rtol=0, atol=F64_ATOL,
   )
@@ -367,4 +366,4 @@ def test_erase_head_overflows_with_exp_kernel_but_exact_stack_does_not(x64):
                                       kernel_scale=SETTINGS["exp"][1])
   assert not np.all(np.isfinite(erase[-1]))  # exp(1e5 <x, x_i>) = inf.
   chex.assert_tree_all_finite((exact, ref))
-  np.testing.assert_allclose(exact, ref, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(exact, ref, rtol=0, atol=F64_ATOL)

@@ -99,7 +99,7 @@ def test_one_step_is_kernel_weighted_residual_at_mean_embedding(x64, kernel):
   expected = np.zeros_like(f_TxE)
   for i in range(p["x_ctx"].shape[0]):
     expected += a_TxN[:, i:i + 1] * (p["lrs"][0] * (p["w_e"][p["y_ctx"][i]] - mean_E))
-  np.testing.assert_allclose(f_TxE, expected, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(f_TxE, expected, rtol=0, atol=F64_ATOL)
 
 
 @pytest.mark.parametrize("kernel", gdattn.KERNELS)
@@ -119,8 +119,8 @@ def test_two_steps_by_hand(x64, kernel):
   traj = _trajectory(**p, kernel=kernel, kernel_scale=s)
   chex.assert_shape(traj, (4, 3, 3))
   np.testing.assert_array_equal(traj[0], 0.0)
-  np.testing.assert_allclose(traj[1], f1_q, rtol=0, atol=F64_ATOL)
-  np.testing.assert_allclose(traj[2], f2_q, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(traj[1], f1_q, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(traj[2], f2_q, rtol=0, atol=F64_ATOL)
   # The second step is not a repeat of the first (the residual changed).
   assert np.max(np.abs(f2_q - f1_q - a_q @ (lrs[1] * r0_NxE / lrs[0]))) > 1e-3
 
@@ -134,7 +134,7 @@ def test_k_steps_match_numpy_loop_at_every_step(x64, kernel):
   assert traj.dtype == jnp.float64
   chex.assert_shape(traj, (num_steps + 1, 4, 4))
   expected = np_categorical_gd_trajectory(**p, kernel=kernel, s=s)
-  np.testing.assert_allclose(traj, expected, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(traj, expected, rtol=0, atol=F64_ATOL)
 
 
 def test_trajectory_entry_k_is_gd_with_the_first_k_rates(x64):
@@ -143,7 +143,7 @@ def test_trajectory_entry_k_is_gd_with_the_first_k_rates(x64):
   p = make_problem(6)
   traj = _trajectory(**p, kernel="softmax", kernel_scale=SCALES["softmax"])
   for k in range(1, 4):
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         gdattn.categorical_gd(**dict(p, lrs=p["lrs"][:k]), kernel="softmax",
                               kernel_scale=SCALES["softmax"]),
         traj[k], rtol=0, atol=F64_ATOL,
@@ -167,7 +167,7 @@ def test_permuting_context_points_leaves_output_unchanged(x64, kernel):
   assert not np.array_equal(perm, np.arange(9))
   q = dict(p, x_ctx=p["x_ctx"][perm], y_ctx=p["y_ctx"][perm])
   s = SCALES[kernel]
-  np.testing.assert_allclose(
+  chex.assert_trees_all_close(
       _trajectory(**q, kernel=kernel, kernel_scale=s),
       _trajectory(**p, kernel=kernel, kernel_scale=s),
       rtol=0, atol=PERMUTATION_ATOL,
@@ -209,7 +209,7 @@ def test_vmap_over_contexts_equals_python_loop(x64, kernel):
   assert batched.dtype == jnp.float64
   chex.assert_shape(batched, (num_contexts, 4, 3, 3))
   for b in range(num_contexts):
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         batched[b],
         _trajectory(batch["x_ctx"][b], batch["y_ctx"][b], batch["x_query"][b], w_e,
                     lrs, kernel=kernel, kernel_scale=s),
@@ -245,19 +245,19 @@ def test_regression_linear_kernel_is_least_squares_gd(x64, per_output_lrs):
 
   w_MxD = np.zeros((2, d))
   for k in range(lrs_KxM.shape[0]):
-    np.testing.assert_allclose(traj[k], x_query @ w_MxD.T, rtol=0, atol=F64_ATOL)
+    chex.assert_trees_all_close(traj[k], x_query @ w_MxD.T, rtol=0, atol=F64_ATOL)
     lr_M = np.broadcast_to(lrs[k], (2,))
     step_MxD = np.zeros((2, d))
     for i in range(n):
       step_MxD += np.outer(y_ctx[i] - w_MxD @ x_ctx[i], x_ctx[i])
     w_next = w_MxD + lr_M[:, None] * (s / n) * step_MxD
     # The same update is plain GD on the least-squares loss with step s * lr_k.
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         w_next, w_MxD - s * lr_M[:, None] * jax.grad(loss)(w_MxD),
         rtol=0, atol=F64_ATOL,
     )
     w_MxD = w_next
-  np.testing.assert_allclose(traj[-1], x_query @ w_MxD.T, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(traj[-1], x_query @ w_MxD.T, rtol=0, atol=F64_ATOL)
   # Non-vacuous: the weights moved and fit the data better than W_0 = 0.
   assert loss(w_MxD) < 0.5 * loss(np.zeros((2, d)))
 
@@ -268,7 +268,7 @@ def test_regression_lrs_shapes(x64):
                                   kernel_scale=0.5))
   # [K] equals [K, M] with the same rate for every output.
   lrs_K = lrs_KxM[:, 0]
-  np.testing.assert_allclose(
+  chex.assert_trees_all_close(
       run(x_ctx, y_ctx, x_query, lrs_K),
       run(x_ctx, y_ctx, x_query, np.repeat(lrs_K[:, None], 2, axis=1)),
       rtol=0, atol=F64_ATOL,
@@ -276,7 +276,7 @@ def test_regression_lrs_shapes(x64):
   # [K, M]: outputs are decoupled, output m follows its own column of rates.
   both_TxM = run(x_ctx, y_ctx, x_query, lrs_KxM)
   for m in range(2):
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         both_TxM[:, m:m + 1],
         run(x_ctx, y_ctx[:, m:m + 1], x_query, lrs_KxM[:, m]),
         rtol=0, atol=F64_ATOL,
@@ -292,10 +292,10 @@ def test_regression_matches_numpy_loop(x64, kernel):
   a_q, a_c = np_kernel(x_query, x_ctx, kernel, s), np_kernel(x_ctx, x_ctx, kernel, s)
   f_q, f_c = np.zeros((4, 2)), np.zeros((12, 2))
   for k, lr_M in enumerate(lrs_KxM):
-    np.testing.assert_allclose(traj[k], f_q, rtol=0, atol=F64_ATOL)
+    chex.assert_trees_all_close(traj[k], f_q, rtol=0, atol=F64_ATOL)
     update_NxM = lr_M * (y_ctx - f_c)
     f_q, f_c = f_q + a_q @ update_NxM, f_c + a_c @ update_NxM
-  np.testing.assert_allclose(traj[-1], f_q, rtol=0, atol=F64_ATOL)
+  chex.assert_trees_all_close(traj[-1], f_q, rtol=0, atol=F64_ATOL)
 
 
 GRAD_ARGS = ("lrs", "w_e", "kernel_scale", "x_ctx", "x_query")
@@ -343,5 +343,4 @@ def test_gradients_match_finite_differences(x64, kernel):
   grads, fds = unravel(grad_P), unravel(fd_P)
   for name in GRAD_ARGS:
     assert np.max(np.abs(grads[name])) > 1e-4, name  # the loss depends on it.
-    np.testing.assert_allclose(grads[name], fds[name], rtol=0, atol=GRAD_TOL,
-                               err_msg=name)
+    chex.assert_trees_all_close(grads[name], fds[name], rtol=0, atol=GRAD_TOL)

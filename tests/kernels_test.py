@@ -261,3 +261,86 @@ def test_operator_vmaps_over_contexts_and_scales(x64):
   got = jax.vmap(jax.grad(loss))(scales, qs, ks, us)
   want = [jax.grad(loss)(scales[i], qs[i], ks[i], us[i]) for i in range(2)]
   np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# --- the registry: one record per kernel, read by every path -----------------
+
+
+def test_every_registered_kernel_has_an_independent_reference():
+  # A new registry entry must come with its SPEC formula in
+  # numpy_attention_weights (which raises for an unknown name) and a scale.
+  assert gdattn.KERNELS == tuple(kernels.REGISTRY)
+  q_TxD, k_NxD = _inputs(8, 2, 3, 2)
+  for name in kernels.REGISTRY:
+    assert name in SCALES, name
+    numpy_attention_weights(q_TxD, k_NxD, name, SCALES[name])
+
+
+@pytest.mark.parametrize("name", list(kernels.REGISTRY))
+def test_record_fields_describe_the_weights(x64, name):
+  # The weights follow from the record alone: base phi, where s enters, and
+  # the normalisation; the form says whether phi is a dot product.
+  spec = kernels.get_kernel(name)
+  assert isinstance(spec, gdattn.Kernel) and spec.name == name
+  q_TxD, k_NxD = _inputs(9, 4, 6, 3)
+  s = SCALES[name]
+  phi_TxN = np.asarray(spec.base(jnp.asarray(q_TxD), jnp.asarray(k_NxD)))
+  if spec.form == "dot":
+    chex.assert_trees_all_close(phi_TxN, q_TxD @ k_NxD.T, rtol=F64_RTOL)
+  else:  # a negated distance: 0 on the diagonal, negative elsewhere
+    self_phi = np.asarray(spec.base(jnp.asarray(k_NxD), jnp.asarray(k_NxD)))
+    chex.assert_trees_all_close(np.diag(self_phi), np.zeros(6), atol=F64_ATOL)
+    assert np.all(phi_TxN < 0)
+  k_TxN = np.exp(s * phi_TxN) if spec.scale_in_exponent else s * phi_TxN
+  if spec.normalised:
+    want = k_TxN / np.sum(k_TxN, axis=-1, keepdims=True)
+  else:
+    want = k_TxN / k_NxD.shape[0]
+  got = _attention_weights(q_TxD, k_NxD, kernel=name, kernel_scale=s)
+  chex.assert_trees_all_close(got, want, rtol=F64_RTOL, atol=F64_ATOL)
+
+
+def test_record_is_frozen_and_rejects_inconsistent_fields():
+  spec = kernels.get_kernel("softmax")
+  with pytest.raises(AttributeError):
+    spec.normalised = False
+  with pytest.raises(ValueError, match="form must be 'dot' or 'distance'"):
+    gdattn.Kernel("x", kernels._dot, scale_in_exponent=True, normalised=False,
+                  form="cosine")
+  with pytest.raises(ValueError, match="normalised needs scale_in_exponent"):
+    gdattn.Kernel("x", kernels._dot, scale_in_exponent=False, normalised=True,
+                  form="dot")
+
+
+# --- input checks of the public kernel functions ------------------------------
+
+
+_Q, _K = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)
+
+
+@pytest.mark.parametrize("fn", [kernels.attention_weights, kernels.attention_operator,
+                                kernels.kernel_logits])
+@pytest.mark.parametrize("args,exc,regex", [
+    ((_Q, _K, -1), ValueError, r"kernel_scale must be finite and > 0, got -1.0"),
+    ((_Q, _K, float("nan")), ValueError, r"kernel_scale must be finite and > 0"),
+    ((_Q, np.full((4, 3), np.nan, np.float32), 1.0), ValueError,
+     r"k_NxD must be finite, got 12 NaN/inf entries"),
+    ((_Q, _K[:, :2], 1.0), ValueError,
+     r"q_TxD must have the input dim D = 2 of k_NxD \(shape \[T, 2\]\), got shape"
+     r" \(2, 3\)"),
+    ((_Q[0], _K, 1.0), ValueError,
+     r"q_TxD must have rank 2 with shape \[T, D\], got shape \(3,\)"),
+    ((_Q, _K[:0], 1.0), ValueError, r"k_NxD must hold at least one context point"),
+    ((_Q, _K.astype(np.int32), 1.0), TypeError,
+     r"k_NxD must have a floating dtype, got int32"),
+], ids=["scale_negative", "scale_nan", "nan_keys", "d_mismatch", "q_rank1",
+        "no_keys", "int_keys"])
+def test_public_kernel_functions_validate(fn, args, exc, regex):
+  q, k, s = args
+  with pytest.raises(exc, match=regex):
+    fn(q, k, kernel="exp", kernel_scale=s)
+
+
+def test_zero_queries_give_empty_weights():
+  a_0xN = kernels.attention_weights(_Q[:0], _K, kernel="softmax", kernel_scale=1.0)
+  chex.assert_shape(a_0xN, (0, 4))

@@ -177,7 +177,7 @@ def test_never_materialises_the_kernel_matrix():
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True, "64", None])
 def test_bad_chunk_size(chunk_size):
   p = _problem(jnp.float32, 8, 2)
-  with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+  with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
     longcontext.categorical_gd_chunked(
         **p, kernel="softmax", kernel_scale=1.0, chunk_size=chunk_size
     )
@@ -200,3 +200,30 @@ def test_overflow_is_a_clear_error():
   # since the unnormalised kernel multiplies exp(m) back in.
   with pytest.raises(FloatingPointError, match="overflowed"):
     longcontext.categorical_gd_chunked(**p, kernel="exp", kernel_scale=200.0)
+
+
+@pytest.mark.parametrize("kernel", gdattn.KERNELS)
+def test_zero_queries_give_an_empty_result(kernel):
+  # Documented choice: T = 0 returns [0, E], as the dense path does.
+  p = _problem(jnp.float32, num_ctx=9, num_query=0)
+  p["lrs"] = p["lrs"][:2]
+  kw = dict(kernel=kernel, kernel_scale=KERNEL_SCALE[kernel], chunk_size=4)
+  f_0xE = longcontext.categorical_gd_chunked(**p, **kw)
+  chex.assert_shape(f_0xE, (0, E))
+  chex.assert_trees_all_equal(f_0xE, gdattn.categorical_gd(
+      **p, kernel=kernel, kernel_scale=KERNEL_SCALE[kernel]))
+  out_0x3 = longcontext.kernel_apply_chunked(
+      p["x_query"], p["x_ctx"], np.ones((9, 3), np.float32), **kw)
+  chex.assert_shape(out_0x3, (0, 3))
+
+
+def test_kernel_apply_chunked_validates():
+  x = np.ones((5, 3), np.float32)
+  kw = dict(kernel="rbf", kernel_scale=1.0)
+  with pytest.raises(ValueError, match=r"u_NxE must have one row per key, shape \[5, E\]"):
+    longcontext.kernel_apply_chunked(x, x, np.ones((4, 2), np.float32), **kw)
+  with pytest.raises(ValueError, match=r"x_rows_RxD must have the input dim D = 3"):
+    longcontext.kernel_apply_chunked(x[:, :2], x, np.ones((5, 2), np.float32), **kw)
+  with pytest.raises(ValueError, match=r"kernel_scale must be finite and > 0"):
+    longcontext.kernel_apply_chunked(x, x, np.ones((5, 2), np.float32),
+                                     kernel="rbf", kernel_scale=-1.0)

@@ -117,3 +117,96 @@ def test_fixed_last_class_gets_no_gradient():
   grads = nnx.grad(loss)(gd)
   w_grad = grads["embeddings"]["w_e"][...]
   assert np.all(w_grad[-1] == 0) and np.any(w_grad[:-1] != 0)
+
+
+# --- input and constructor checks --------------------------------------------
+
+
+def _tiny(name):
+  kw = dict(num_classes=4, embed_dim=2, num_layers=2, rngs=nnx.Rngs(0))
+  if name in ("trained_tf", "transformer"):
+    kw["input_dim"] = 3
+  if name == "transformer":
+    kw.update(model_dim=8, num_heads=2, mlp_hidden=8)
+  cls = {"gd": models.GD, "trained_tf": models.TrainedTF, "gdmlp": models.GDMLP,
+         "transformer": models.Transformer}[name]
+  return cls(**kw)
+
+
+def _tiny_batch(labels):
+  rng = np.random.default_rng(0)
+  return (rng.normal(size=(2, 5, 3)).astype(np.float32), np.asarray(labels),
+          rng.normal(size=(2, 2, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+@pytest.mark.parametrize("bad", [4, -1], ids=["label_C", "negative"])
+def test_out_of_range_labels_raise(name, bad):
+  # Before: label C gathered row C-1 and -1 wrapped to the last class.
+  labels = np.zeros((2, 5), np.int32)
+  labels[1, 3] = bad
+  with pytest.raises(ValueError, match=r"y_ctx must hold class labels in \[0, 4\)"):
+    _tiny(name)(*_tiny_batch(labels))
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_bad_shapes_name_the_argument(name):
+  model = _tiny(name)
+  x, y, q = _tiny_batch(np.zeros((2, 5), np.int32))
+  with pytest.raises(ValueError, match=r"y_ctx must have one label per context point"):
+    model(x, y[:, :4], q)
+  with pytest.raises(ValueError, match=r"x_query must have shape \[2, T, 3\]"):
+    model(x, y, q[:, :, :2])
+  with pytest.raises(ValueError, match=r"x_ctx must have rank 3 with shape \[B, N, D\]"):
+    model(x[0], y, q)
+  with pytest.raises(TypeError, match=r"y_ctx must have an integer dtype"):
+    model(x, y.astype(np.float32), q)
+
+
+@pytest.mark.parametrize("name", ["trained_tf", "transformer"])
+def test_wrong_input_dim_names_it(name):
+  # Before: a broadcasting error deep in the token construction.
+  rng = np.random.default_rng(1)
+  x, q = rng.normal(size=(2, 5, 4)), rng.normal(size=(2, 2, 4))
+  with pytest.raises(ValueError, match=r"x_ctx must have the model's input_dim D = 3"):
+    _tiny(name)(x, np.zeros((2, 5), np.int32), q)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_zero_layers_raise_a_value_error(name):
+  # Before: ZeroDivisionError (TrainedTF), an MLIR error (GDMLP).
+  kw = dict(num_classes=4, embed_dim=2, num_layers=0, rngs=nnx.Rngs(0))
+  if name in ("trained_tf", "transformer"):
+    kw["input_dim"] = 3
+  cls = {"gd": models.GD, "trained_tf": models.TrainedTF, "gdmlp": models.GDMLP,
+         "transformer": models.Transformer}[name]
+  with pytest.raises(ValueError, match=r"num_layers must be an integer >= 1, got 0"):
+    cls(**kw)
+
+
+def test_constructor_checks_kernel_and_sizes():
+  with pytest.raises(ValueError, match=r"kernel must be one of .*got 'cosine'"):
+    models.GD(num_classes=4, embed_dim=2, num_layers=1, kernel="cosine",
+              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"kernel_scale must be finite and > 0"):
+    models.GDMLP(num_classes=4, embed_dim=2, num_layers=1, init_kernel_scale=0.0,
+                 rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"input_dim must be an integer >= 1, got 0"):
+    models.TrainedTF(input_dim=0, num_classes=4, embed_dim=2, num_layers=1,
+                     rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"model_dim must be a multiple of num_heads"):
+    models.Transformer(input_dim=3, num_classes=4, embed_dim=2, num_layers=1,
+                       model_dim=6, num_heads=4, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_checked_model_call_catches_labels_under_jit(name):
+  model = _tiny(name)
+  labels = np.zeros((2, 5), np.int32)
+  call = jax.jit(gdattn.checked(lambda x, y, q: model(x, y, q)))
+  err, logits = call(*_tiny_batch(labels))
+  assert err.get() is None
+  chex.assert_shape(logits, (2, 2, 4))
+  labels[0, 0] = 4
+  err, _ = call(*_tiny_batch(labels))
+  assert "y_ctx must hold class labels in [0, 4)" in err.get()

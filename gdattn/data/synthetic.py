@@ -11,7 +11,6 @@ arXiv:2405.17248.
 """
 
 import math
-import operator
 from typing import Any, Callable
 
 import jax
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike, DTypeLike
 
+from gdattn import checks
 # Re-exported: the generators' return type and its Bayes references.
 from gdattn.data.contexts import bayes_reference  # pylint: disable=unused-import
 from gdattn.data.contexts import Contexts
@@ -32,16 +32,6 @@ NUM_QUADRANTS = 4
 
 # Argument validation: static (shapes, Python scalars), so it also runs when
 # the arrays are tracers under jit / vmap, and always before any compute.
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-  try:
-    ok = not isinstance(value, bool) and operator.index(value) >= minimum
-  except TypeError:
-    ok = False
-  if not ok:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return operator.index(value)
 
 
 def _check_finite(name: str, value: Any, minimum: float = -math.inf) -> float:
@@ -69,9 +59,9 @@ def _check_common(w_data_CxE: ArrayLike, min_classes: int, num_contexts: int,
     raise ValueError(
         f"w_data_CxE must be 2-D with shape [C, E], C >= {min_classes} and "
         f"E >= 1, got shape {shape}")
-  _check_int("num_contexts", num_contexts, 1)
-  _check_int("num_context_points", num_context_points, 1)
-  _check_int("num_queries", num_queries, 1)
+  checks.check_int(num_contexts, "num_contexts", 1)
+  checks.check_int(num_context_points, "num_context_points", 1)
+  checks.check_int(num_queries, "num_queries", 1)
   # A traced amplitude (swept under jit without recompiling) cannot be checked.
   if not isinstance(amplitude, jax.core.Tracer):
     _check_finite("amplitude", amplitude)
@@ -85,9 +75,9 @@ def _check_bump_args(w_data_CxE, num_contexts, num_context_points,
   """Validates the high_dim / mixture arguments; returns C."""
   num_classes = _check_common(w_data_CxE, 2, num_contexts, num_context_points,
                               num_queries, amplitude, dtype)
-  _check_int("input_dim", input_dim, 1)
+  checks.check_int(input_dim, "input_dim", 1)
   # The bandwidth rule needs a nearest *other* centre, hence J >= 2.
-  j = _check_int("num_active_classes", num_active_classes, 2)
+  j = checks.check_int(num_active_classes, "num_active_classes", 2)
   if j > num_classes:
     raise ValueError(
         f"num_active_classes must be <= num_classes (C = {num_classes}, from "
@@ -112,8 +102,8 @@ def class_embeddings(key: jax.Array, num_classes: int, embed_dim: int,
 
   References: arXiv:2405.17248 (synthetic data, W_data).
   """
-  _check_int("num_classes", num_classes, 2)
-  _check_int("embed_dim", embed_dim, 1)
+  checks.check_int(num_classes, "num_classes", 2)
+  checks.check_int(embed_dim, "embed_dim", 1)
   _check_dtype(dtype)
   return jax.random.normal(key, (num_classes, embed_dim), dtype=dtype)
 
@@ -259,8 +249,8 @@ def mixture_components(key: jax.Array, num_classes: int,
 
   References: arXiv:2405.17248 (distribution-mismatch experiments).
   """
-  _check_int("num_classes", num_classes, 2)
-  _check_int("num_components", num_components, 1)
+  checks.check_int(num_classes, "num_classes", 2)
+  checks.check_int(num_components, "num_components", 1)
   scale = _check_finite("scale", scale, minimum=0.0)
   return scale * jax.random.normal(key, (num_components, num_classes))
 
