@@ -43,7 +43,7 @@ setuptools.setup(
         "text": ["tokenizers>=0.15"],
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100",
                  "scikit-learn>=1.3", "tokenizers>=0.15",
-                 "tensorflow-datasets>=4.9", "tensorboardX>=2.6"],
+                 "tensorflow-datasets>=4.9", "tensorboardX>=2.6", "ruff>=0.6"],
         "notebooks": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "nbmake>=1.5"],
         "tfds": ["tensorflow-datasets>=4.9"],
         "tensorboard": ["tensorboardX>=2.6"],

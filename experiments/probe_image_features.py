@@ -16,7 +16,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 from gdattn import baselines
 from gdattn.data import fewshot

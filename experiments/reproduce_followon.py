@@ -40,14 +40,12 @@ per-K rates: --gd_lr=1e-3 at K=1).
 
 import dataclasses
 import json
-import os
 import time
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import toolkit
 from gdattn import gd

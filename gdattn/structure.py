@@ -46,7 +46,6 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from gdattn import construction
 from gdattn import models
 
 SELF_BLOCKS = ("self_qk_x", "self_vo_f")

@@ -297,7 +297,7 @@ ERASE_SCALE = 1e5
 
 def _erase_head_stack(x_ctx, y_ctx, x_query, w_e, lrs, *, kernel, kernel_scale):
   n, d = x_ctx.shape
-  e, num_steps = w_e.shape[1], lrs.shape[0]
+  e = w_e.shape[1]
   m = d + 3 * e
   x_, w_, e_, f_ = (slice(0, d), slice(d, d + e), slice(d + e, d + 2 * e),
                     slice(d + 2 * e, m))

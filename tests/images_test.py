@@ -1,7 +1,6 @@
 """Tests for gdattn.data.images and gdattn.data.glyphs."""
 
 import gzip
-import os
 
 import numpy as np
 import pytest

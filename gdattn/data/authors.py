@@ -28,7 +28,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gdattn.data.contexts import bayes_reference
 from gdattn.data.contexts import Contexts

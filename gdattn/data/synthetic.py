@@ -20,7 +20,7 @@ from jax.typing import ArrayLike, DTypeLike
 
 from gdattn import checks
 # Re-exported: the generators' return type and its Bayes references.
-from gdattn.data.contexts import bayes_reference  # pylint: disable=unused-import
+from gdattn.data.contexts import bayes_reference as bayes_reference
 from gdattn.data.contexts import Contexts
 
 # The bandwidth rule makes each centre's bump equal this at its nearest centre.
@@ -399,4 +399,4 @@ def make_contexts(key: jax.Array, name: str, w_data_CxE: ArrayLike,
   return GENERATORS[name](key, w_data_CxE, **kwargs)
 
 # The authors' exact draw of this task (imports only gdattn.data.contexts).
-from gdattn.data.authors import authors_high_dim  # pylint: disable=unused-import,wrong-import-position
+from gdattn.data.authors import authors_high_dim as authors_high_dim  # noqa: E402

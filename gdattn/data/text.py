@@ -29,7 +29,6 @@ import pathlib
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 SPLITS = ("train", "val", "test")
