@@ -1,4 +1,4 @@
-"""The compiled training and evaluation steps of any task (pure; jitted).
+"""The compiled steps of any task (pure; jitted) and the members' set-up.
 
 Dimensions: S members (seeds x learning rates, on the leading axis of every
 parameter), L training examples, B batch, Z updates per epoch, J microbatches
@@ -19,6 +19,7 @@ are replicated.
 """
 
 import dataclasses
+import itertools
 from typing import Any, Callable
 
 import jax
@@ -27,6 +28,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from gdattn import config as config_lib
+from gdattn import tasks
+from gdattn.tasks.base import Datasets
 
 
 def make_optimizer(o: Any) -> optax.GradientTransformation:
@@ -167,3 +172,109 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
 
   return Program(run_epochs=jax.jit(run_epochs), evaluate=jax.jit(evaluate),
                  steps_per_epoch=steps_per_epoch)
+
+
+def members_of(cfg: config_lib.ExperimentConfig, model_name: str
+               ) -> list[tuple[int, float]]:
+  """(seed, learning rate) of each member: learning rates x seeds."""
+  lrs = cfg.member_learning_rates(model_name)
+  seeds = range(cfg.seed, cfg.seed + cfg.num_seeds)
+  return [(s, lr) for lr, s in itertools.product(lrs, seeds)]
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything one model's training needs, set up but not yet run.
+
+  `program.run_epochs(params, opt_state, keys, lr_S, datasets.train,
+  epochs)` trains all members for the given epochs in one compiled call;
+  `program.evaluate(params, datasets.evals[split])` gives per-member
+  metrics. The benchmarks time these directly.
+  """
+
+  task: Any
+  model_name: str
+  members: list[tuple[int, float]]   # (seed, learning rate) per member
+  program: Program
+  datasets: Datasets                 # replicated over the mesh
+  keys: jax.Array                    # [S] per-member data-order keys
+  lr_S: jax.Array                    # [S] per-member learning rates
+  params: Any                        # [S, ...] pure dicts
+  opt_state: Any
+  num_params: int
+  graphdef: Any
+  rest: Any
+
+  def model(self, params: Any, member: int = 0) -> nnx.Module:
+    """The nnx model of one member of `params` ([S, ...] pure dicts)."""
+    one = jax.tree.map(lambda p: p[member], params)
+    return nnx.merge(self.graphdef, nnx.State(one), self.rest)
+
+  def epoch_chunks(self, num_epochs: int, every: int, params=None,
+                   opt_state=None):
+    """Trains for num_epochs in calls of `every` epochs (the last may be
+    shorter), from `params` / `opt_state` (default: the initial ones).
+
+    Yields (epochs done, params, opt_state, loss [epochs, updates, S]).
+    """
+    params = self.params if params is None else params
+    opt_state = self.opt_state if opt_state is None else opt_state
+    done = 0
+    while done < num_epochs:
+      count = min(every, num_epochs - done)
+      params, opt_state, loss = self.program.run_epochs(
+          params, opt_state, self.keys, self.lr_S, self.datasets.train,
+          jnp.arange(done, done + count))
+      done += count
+      yield done, params, opt_state, loss
+
+
+def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
+                 datasets: Datasets) -> Trainer:
+  """Initialises the members of one model; compiles its steps on demand."""
+  task = tasks.get(cfg.task)
+  members = members_of(cfg, model_name)
+  t = cfg.train
+  devices = jax.devices()
+  config_lib.check_devices(cfg, len(devices))
+  mesh = jax.make_mesh((len(devices),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  make = lambda rngs: task.make_model(model_name, cfg.model, datasets.info,
+                                      rngs)
+  template = make(nnx.Rngs(0))
+  graphdef, _, rest = nnx.split(template, nnx.Param, ...)
+  tx = make_optimizer(cfg.optim_for(model_name))
+
+  def init_member(key):
+    params = nnx.to_pure_dict(nnx.state(make(nnx.Rngs(params=key)), nnx.Param))
+    return params, tx.init(params)
+
+  # Member keys depend on the seed alone, so member i of a sweep equals a
+  # separate run with that seed.
+  keys = [jax.random.split(jax.random.key(seed)) for seed, _ in members]
+  params, opt_state = jax.jit(jax.vmap(init_member))(
+      jnp.stack([k[0] for k in keys]))
+  # Replicated from the start, as run_epochs returns them: else it compiles
+  # twice.
+  replicated = NamedSharding(mesh, P())
+  params, opt_state = jax.device_put((params, opt_state), replicated)
+  num_train = (None if datasets.train is None
+               else jax.tree.leaves(datasets.train)[0].shape[0])
+  program = build_program(
+      task, graphdef, rest, tx, mesh, batch_size=t.batch_size,
+      eval_batch_size=t.eval_batch_size,
+      microbatch_size=t.microbatch_size or t.batch_size,
+      members_per_step=t.members_per_step, num_train=num_train,
+      sample_train=datasets.sample_train,
+      steps_per_epoch=datasets.steps_per_epoch)
+  on_device = dataclasses.replace(
+      datasets, train=jax.device_put(datasets.train, replicated),
+      evals=jax.device_put(datasets.evals, replicated))
+  return Trainer(
+      task=task, model_name=model_name, members=members, program=program,
+      datasets=on_device, keys=jnp.stack([k[1] for k in keys]),
+      lr_S=jnp.asarray([lr for _, lr in members], jnp.float32),
+      params=params, opt_state=opt_state,
+      num_params=sum(x.size for x in jax.tree.leaves(
+          nnx.state(template, nnx.Param))),
+      graphdef=graphdef, rest=rest)

@@ -46,10 +46,10 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.optim = config_dict.ConfigDict(dict(
       optimizer="adamw", learning_rate=3e-3, b1=0.9, b2=0.99, eps=1e-8,
       weight_decay=1e-2, clip_norm=1.0, schedule="cosine", decay_rate=1.0,
-      decay_steps=1000, warmup_steps=50))
+      decay_steps=3000, warmup_steps=100))
   c.optim_overrides = config_dict.ConfigDict()
   c.train = config_dict.ConfigDict(dict(
-      batch_size=32, num_epochs=20, eval_every=2,
+      batch_size=32, num_epochs=60, eval_every=5,
       patience=config_dict.placeholder(int),
       microbatch_size=config_dict.placeholder(int), eval_batch_size=64,
       members_per_step=config_dict.placeholder(int), progress=True,
