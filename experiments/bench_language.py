@@ -21,6 +21,7 @@ from absl import flags
 from flax import nnx
 
 from gdattn import lm
+from gdattn import lm_baselines
 from gdattn import lm_ops
 from gdattn import sampling
 
@@ -80,7 +81,7 @@ def main(argv):
     results[name] = tps
     print(f"  {name:7s} {tps:10.0f} tokens/s  params: {counts}")
   print(f"  GD / GPT training speed: {results['gd_lm'] / results['gpt']:.2f}x")
-  full = lm.param_counts(lm.GPT(_cfg(head_dim=_DIM.value), rngs=nnx.Rngs(0)))
+  full = lm.param_counts(lm_baselines.GPT(_cfg(head_dim=_DIM.value), rngs=nnx.Rngs(0)))
   print(f"  GPT with full-width heads (the authors'): per layer {full['per_layer']}")
 
   print(f"2. sampling {_NEW.value} tokens after a 16-token prompt (batch 1)")

@@ -20,6 +20,7 @@ from flax import nnx
 
 import gdattn
 from gdattn import lm
+from gdattn import lm_baselines
 from gdattn import lm_ops
 
 # Same float64 operations in a different order (one masked matmul per step
@@ -194,7 +195,7 @@ def test_param_counts_gd_five_times_fewer_than_full_width_gpt():
   cfg = lm.LMConfig(vocab_size=VOCAB, context_length=SEQ, model_dim=e,
                     num_heads=h, num_layers=2, head_dim=e)
   gd = lm.param_counts(lm.GDLanguageModel(cfg, rngs=nnx.Rngs(0)))
-  gpt = lm.param_counts(lm.GPT(cfg, rngs=nnx.Rngs(0)))
+  gpt = lm.param_counts(lm_baselines.GPT(cfg, rngs=nnx.Rngs(0)))
   assert gd["per_layer"] == h * e * e
   # W_qkv (3 H E^2) + W_o (H E^2) + MLP (8 E^2) + 2 LayerNorm scales.
   assert gpt["per_layer"] == 4 * h * e * e + 8 * e * e + 2 * e
@@ -215,6 +216,6 @@ def test_config_validation_names_field(field, value):
 def test_bad_names_and_lengths():
   with pytest.raises(ValueError, match="model name"):
     lm.make_lm_model("rnn", _small_cfg(), nnx.Rngs(0))
-  model = lm.GPT(_small_cfg(), rngs=nnx.Rngs(0))
+  model = lm_baselines.GPT(_small_cfg(), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="context_length"):
     model(jnp.zeros((1, SEQ + 1), jnp.int32))
