@@ -17,9 +17,10 @@ results.json exists is finished and is never trained again.
 """
 
 import dataclasses
+import functools
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -98,11 +99,16 @@ def _check_finite(model_name, members, loss, params, first, steps_per_epoch,
 
 def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
                 datasets: Datasets, workdir: str, *,
-                load_only: bool = False) -> TrainedModel:
+                load_only: bool = False,
+                references: Callable[[], dict[str, Any]] | None = None
+                ) -> TrainedModel:
   """Trains (or resumes, or loads when finished) the members of one model.
 
   With load_only, an unfinished model is not trained: its newest checkpoint's
   best parameters are returned (and results {} when it has none).
+  `references()` gives the task's summary (default: computed here); a run
+  of several models passes one memoised call, since a task's references
+  (e.g. per-context baselines) can cost as much as training.
   """
   os.makedirs(workdir, exist_ok=True)
   t = cfg.train
@@ -123,7 +129,7 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
       raise FileNotFoundError(
           f"{model_name}: no checkpoint in {workdir}; train it first")
     results = (io.load_json(results_path) if os.path.exists(results_path)
-               else summarise(cfg, trainer, state, datasets))
+               else summarise(trainer, state, references))
     return TrainedModel(model_name, results, state["best_params"], trainer,
                         start)
   writer = io.MetricsWriter(workdir)
@@ -187,7 +193,7 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
   if board is not None:
     board.close()
   ckpt.close()
-  results = summarise(cfg, trainer, state, datasets)
+  results = summarise(trainer, state, references)
   _warn_if_poor(model_name, results)
   io.save_results(workdir, results)
   return TrainedModel(model_name, results, state["best_params"], trainer,
@@ -201,7 +207,8 @@ def _select(improved_S, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def summarise(cfg, trainer: Trainer, state, datasets: Datasets
+def summarise(trainer: Trainer, state,
+              references: Callable[[], dict[str, Any]] | None = None
               ) -> dict[str, Any]:
   """results.json of one model: per member, per learning rate, references."""
   select = trainer.task.select_metric
@@ -227,7 +234,8 @@ def summarise(cfg, trainer: Trainer, state, datasets: Datasets
                 for k in rs[0] if k.startswith("test_")}
       for lr, rs in by_lr.items()
   }
-  summary.update(trainer.task.summary(datasets))
+  summary.update(references() if references is not None
+                 else trainer.task.summary(trainer.datasets))
   return summary
 
 
@@ -274,10 +282,12 @@ def train(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
   task = tasks.get(cfg.task)
   with workdir_lib.open_workdir(workdir, cfg, overwrite=overwrite):
     datasets = task.make_datasets(cfg.data)
+    references = functools.cache(lambda: task.summary(datasets))
     trained = {}
     for name in cfg.models:
       trained[name] = train_model(cfg, name, datasets,
-                                  os.path.join(workdir, name))
+                                  os.path.join(workdir, name),
+                                  references=references)
     run = Run(cfg, datasets, trained)
     io.save_results(workdir, run.results)
     records = []
@@ -302,9 +312,12 @@ def load(workdir: str) -> Run:
     raise FileNotFoundError(f"no {workdir_lib.CONFIG_FILE} in {workdir}: not"
                             " a gdattn workdir")
   cfg = config_lib.from_configdict(io.load_json(path))
-  datasets = tasks.get(cfg.task).make_datasets(cfg.data)
+  task = tasks.get(cfg.task)
+  datasets = task.make_datasets(cfg.data)
+  references = functools.cache(lambda: task.summary(datasets))
   trained = {name: train_model(cfg, name, datasets,
-                               os.path.join(workdir, name), load_only=True)
+                               os.path.join(workdir, name), load_only=True,
+                               references=references)
              for name in cfg.models
              if os.path.isdir(os.path.join(workdir, name, "checkpoints"))}
   return Run(cfg, datasets, trained)

@@ -60,10 +60,6 @@ class DataConfig:
   seed: int = 0
 
 
-def _require(ok: bool, field: str, expected: str, got: Any) -> None:
-  config_lib.require(ok, field, expected, got)
-
-
 def _is_int(v, low):
   return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -118,34 +114,34 @@ class ImageICLTask:
   def validate(self, data_cfg: DataConfig,
                model_cfg: models.ICLModelConfig) -> None:
     d, m = data_cfg, model_cfg
-    _require(d.dataset in DATASETS or d.dataset.startswith("tfds:"),
+    config_lib.require(d.dataset in DATASETS or d.dataset.startswith("tfds:"),
              "data.dataset", f"one of {DATASETS} or 'tfds:<name>'", d.dataset)
-    _require(d.dataset != "feature_store" or bool(d.data_dir),
+    config_lib.require(d.dataset != "feature_store" or bool(d.data_dir),
              "data.data_dir", "the .npz path for dataset='feature_store'",
              d.data_dir)
-    _require(d.features in features_lib.FEATURE_KINDS, "data.features",
+    config_lib.require(d.features in features_lib.FEATURE_KINDS, "data.features",
              f"one of {features_lib.FEATURE_KINDS}", d.features)
-    _require(d.features != "store" or d.dataset == "feature_store",
+    config_lib.require(d.features != "store" or d.dataset == "feature_store",
              "data.features", "'store' only with dataset='feature_store'",
              d.features)
-    _require(d.features != "cnn" or d.dataset != "feature_store",
+    config_lib.require(d.features != "cnn" or d.dataset != "feature_store",
              "data.features", "'cnn' only on images, not feature_store",
              d.features)
-    _require(d.split in fewshot.SPLIT_MODES, "data.split",
+    config_lib.require(d.split in fewshot.SPLIT_MODES, "data.split",
              f"one of {fewshot.SPLIT_MODES}", d.split)
-    _require(_is_int(d.ways, 2), "data.ways", "an int >= 2", d.ways)
+    config_lib.require(_is_int(d.ways, 2), "data.ways", "an int >= 2", d.ways)
     for field in ("shots", "num_queries", "pca_dim", "num_train", "num_val",
                   "num_test", "steps_per_epoch", "cnn_feature_dim",
                   "glyph_classes", "glyph_images_per_class"):
-      _require(_is_int(getattr(d, field), 1), f"data.{field}", "an int >= 1",
+      config_lib.require(_is_int(getattr(d, field), 1), f"data.{field}", "an int >= 1",
                getattr(d, field))
-    _require(_is_int(d.cnn_epochs, 0), "data.cnn_epochs", "an int >= 0",
+    config_lib.require(_is_int(d.cnn_epochs, 0), "data.cnn_epochs", "an int >= 0",
              d.cnn_epochs)
     for field in ("held_out_fraction", "eval_fraction"):
       v = getattr(d, field)
-      _require(isinstance(v, float) and 0.0 < v < 1.0, f"data.{field}",
+      config_lib.require(isinstance(v, float) and 0.0 < v < 1.0, f"data.{field}",
                "a float in (0, 1)", v)
-    models.validate_icl_config(m, _require)
+    models.validate_icl_config(m, config_lib.require)
 
   def make_datasets(self, data_cfg: DataConfig) -> base.Datasets:
     cfg = data_cfg

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gdattn import config as config_lib
 from gdattn import lm
 from gdattn import lm_ops
 from gdattn.data import text
@@ -55,13 +56,6 @@ class LanguageDataConfig:
   cache_dir: str = ""
 
 
-def _positive(cfg, prefix, names):
-  for name in names:
-    value = getattr(cfg, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ValueError(f"{prefix}.{name} must be a positive int, got {value!r}")
-
-
 class LanguageTask:
   """Next-token language modelling (see the module docstring)."""
 
@@ -72,23 +66,22 @@ class LanguageTask:
   select_metric = "nll"
 
   def validate(self, data_cfg: LanguageDataConfig, model_cfg: lm.LMConfig) -> None:
-    _positive(data_cfg, "config.data",
-              ("context_length", "num_val", "num_test", "steps_per_epoch", "vocab_size"))
-    if data_cfg.tokenizer not in TOKENIZERS:
-      raise ValueError(
-          f"config.data.tokenizer must be one of {TOKENIZERS}, got {data_cfg.tokenizer!r}")
-    if data_cfg.tokenizer == "bpe" and data_cfg.vocab_size < 257:
-      raise ValueError(
-          f"config.data.vocab_size must be >= 257 for bpe, got {data_cfg.vocab_size}")
-    corpus = data_cfg.corpus
-    if not (corpus in ("shakespeare", "folder") or
-            (corpus.startswith("tfds:") and len(corpus) > 5)):
-      raise ValueError(
-          "config.data.corpus must be 'shakespeare', 'folder' or 'tfds:<name>',"
-          f" got {corpus!r}")
-    if corpus == "folder" and not data_cfg.data_dir:
-      raise ValueError("config.data.data_dir must name a folder of .txt files"
-                       " when config.data.corpus is 'folder'")
+    req, d = config_lib.require, data_cfg
+    for name in ("context_length", "num_val", "num_test", "steps_per_epoch",
+                 "vocab_size"):
+      value = getattr(d, name)
+      req(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+          f"data.{name}", "a positive int", value)
+    req(d.tokenizer in TOKENIZERS, "data.tokenizer", f"one of {TOKENIZERS}",
+        d.tokenizer)
+    req(d.tokenizer != "bpe" or d.vocab_size >= 257, "data.vocab_size",
+        ">= 257 for bpe", d.vocab_size)
+    req(d.corpus in ("shakespeare", "folder")
+        or (d.corpus.startswith("tfds:") and len(d.corpus) > 5), "data.corpus",
+        "'shakespeare', 'folder' or 'tfds:<name>'", d.corpus)
+    req(d.corpus != "folder" or bool(d.data_dir), "data.data_dir",
+        "a folder of .txt files when config.data.corpus is 'folder'",
+        d.data_dir)
     # vocab_size and context_length come from the data.
     dataclasses.replace(model_cfg, context_length=data_cfg.context_length
                         ).validate("config.model")
