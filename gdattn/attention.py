@@ -48,15 +48,20 @@ def self_attention(
   References: arXiv:2405.17248, section 3.
   """
   z_SxM = jnp.asarray(z_SxM)
-  z_ctx_NxM = z_SxM[:num_context]
-  q_HxSxP = jnp.einsum("sm,hmp->hsp", z_SxM, params["wq"])
+  return _self_attention_rows(params, z_SxM, z_SxM[:num_context],
+                              kernel=kernel, kernel_scale=kernel_scale)
+
+
+def _self_attention_rows(params, z_RxM, z_ctx_NxM, *, kernel, kernel_scale):
+  """Self-attention output [R, M] of the rows z_RxM, keys/values z_ctx_NxM."""
+  q_HxRxP = jnp.einsum("rm,hmp->hrp", z_RxM, params["wq"])
   k_HxNxP = jnp.einsum("nm,hmp->hnp", z_ctx_NxM, params["wk"])
   v_HxNxV = jnp.einsum("nm,hmv->hnv", z_ctx_NxM, params["wv"])
-  num_heads = q_HxSxP.shape[0]
+  num_heads = q_HxRxP.shape[0]
   scale_H = jnp.broadcast_to(jnp.asarray(kernel_scale), (num_heads,))
   spec = kernels.get_kernel(kernel)
-  att_HxSxN = jax.vmap(spec.weights)(q_HxSxP, k_HxNxP, scale_H)
-  return jnp.einsum("hsn,hnv,hvm->sm", att_HxSxN, v_HxNxV, params["wo"])
+  att_HxRxN = jax.vmap(spec.weights)(q_HxRxP, k_HxNxP, scale_H)
+  return jnp.einsum("hrn,hnv,hvm->rm", att_HxRxN, v_HxNxV, params["wo"])
 
 
 def cross_attention(params: Params, z_SxM: ArrayLike, memory_CxE: ArrayLike) -> jax.Array:
@@ -122,3 +127,40 @@ def attention_stack(
 
   _, z_KxSxM = jax.lax.scan(step, z_SxM, params)
   return jnp.concatenate([z_SxM[None], z_KxSxM], axis=0)
+
+
+def attention_stack_readout(
+    params: dict[str, Params],
+    z_SxM: ArrayLike,
+    memory_CxE: ArrayLike,
+    *,
+    num_context: int,
+    kernel: str,
+    kernel_scale: ArrayLike,
+) -> jax.Array:
+  """The query tokens after K blocks: `attention_stack(...)[-1][num_context:]`.
+
+  What a model reads out. Nothing reads the context tokens after the last
+  block, so it computes only the T query rows: its self-attention is [T, N]
+  instead of [S, N] and its cross-attention [T, C] instead of [S, C]. At
+  K = 1 no [N, N] attention is formed at all. The same function as the full
+  stack, up to the order of floating-point sums.
+
+  Returns:
+    [T, M]: the query tokens after the last block.
+  """
+  z_SxM = jnp.asarray(z_SxM)
+  memory_CxE = jnp.asarray(memory_CxE)
+  first = jax.tree.map(lambda p: p[:-1], params)
+  last = jax.tree.map(lambda p: p[-1], params)
+
+  def step(z, block_params):
+    return block(block_params, z, memory_CxE, num_context=num_context,
+                 kernel=kernel, kernel_scale=kernel_scale), None
+
+  z_SxM, _ = jax.lax.scan(step, z_SxM, first)
+  z_query_TxM = z_SxM[num_context:]
+  z_query_TxM = z_query_TxM + _self_attention_rows(
+      last["self"], z_query_TxM, z_SxM[:num_context], kernel=kernel,
+      kernel_scale=kernel_scale)
+  return z_query_TxM + cross_attention(last["cross"], z_query_TxM, memory_CxE)

@@ -145,10 +145,10 @@ class TrainedTF(nnx.Module):
 
     def one(x_NxD, y_N, q_TxD):
       z_SxM = construction.build_tokens(self.layout, x_NxD, y_N, q_TxD, w_e_CxE)
-      z_SxM = attention.attention_stack(
+      z_query_TxM = attention.attention_stack_readout(
           params, z_SxM, w_e_CxE, num_context=num_ctx, kernel=self.kernel,
-          kernel_scale=self.kernel_scale[...])[-1]
-      return z_SxM[num_ctx:, self.layout.f]
+          kernel_scale=self.kernel_scale[...])
+      return z_query_TxM[:, self.layout.f]
 
     f_BxTxE = jax.vmap(one)(x_ctx_BxNxD, y_ctx_BxN, x_query_BxTxD)
     return f_BxTxE @ w_e_CxE.T

@@ -190,6 +190,26 @@ def test_attention_stack_returns_k_plus_1_states(x64, kernel):
   assert not np.allclose(states[-1], states[-2])  # the last block did work.
 
 
+@pytest.mark.parametrize("num_blocks", [1, 2, 3])
+@pytest.mark.parametrize("kernel", sorted(SCALES))
+def test_readout_equals_query_rows_of_the_stack(x64, kernel, num_blocks):
+  # The readout computes only the query rows of the last block; the context
+  # rows it skips must not change what the queries see.
+  blocks = [{"self": self_params(40 + k), "cross": cross_params(50 + k)}
+            for k in range(num_blocks)]
+  stacked = jax.tree.map(lambda *x: np.stack(x), *blocks)
+  z_SxM = tokens(41)
+  memory_CxE = np.random.default_rng(42).normal(size=(C, E))
+  kw = dict(num_context=N, kernel=kernel, kernel_scale=SCALES[kernel])
+  full = attention.attention_stack(stacked, z_SxM, memory_CxE, **kw)
+  got = jax.jit(attention.attention_stack_readout,
+                static_argnames=("num_context", "kernel"))(
+      stacked, z_SxM, memory_CxE, **kw)
+  chex.assert_shape(got, (T, M))
+  chex.assert_trees_all_close(got, full[-1][N:], rtol=F64_RTOL, atol=F64_ATOL)
+  assert not np.allclose(got, full[-2][N:])  # the last block did work.
+
+
 class AttentionVariantsTest(chex.TestCase):
   """jit and no-jit agree (float32, default precision)."""
 
