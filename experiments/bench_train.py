@@ -39,10 +39,9 @@ It prints:
      one after another, and (first K) max |param difference| of member i vs a
      separate run with seed i after the epochs.
   4. (--diagnose) the GD training step at K=--diagnose_layers with the
-     context operator built three ways: the library's (Kernel.self_operator),
-     the general operator with q = k (what it replaced: reverse mode then
-     contracts the weights' first axis) and from phi(x, x) precomputed once
-     for fixed training contexts; ms per step and the largest difference.
+     kernel's data-only part phi(x, x), phi(q, x) computed in the step (the
+     library) or once for fixed training contexts (Kernel.operator_from_base
+     on precomputed phi); ms per step and the largest difference.
   5. (--microbatch=16,32,...) s/epoch of GD (--sweep_layers) and the Trained
      TF K=1 at each microbatch size, and the fastest on this machine.
   Then each target of the brief, "met" or "MISSED".
@@ -408,16 +407,13 @@ def section_seeds(num_layers, num_seeds, datasets, epochs, repeats, timings,
 
 
 def variant_gd_logits(gd_model: models.GD, batch, variant: str) -> jax.Array:
-  """models.GD's logits with the context operator built one of three ways:
+  """models.GD's logits with the kernel operators built one of two ways:
 
-    "library"          gd.kernel_operators (the context operator as
-                       Kernel.self_operator: reverse mode applies the
-                       transposed weights in the forward orientation)
-    "operator(x, x)"   the general operator with q = k (reverse mode
-                       contracts the weights' first axis)
-    "precomputed phi"  self_operator's weights built from phi(x, x) and
-                       phi(q, x) computed once, outside the step, as a run
-                       on fixed training contexts could (batch.phi_*)
+    "library"          gd.kernel_operators: phi(x, x) and phi(q, x) computed
+                       inside the step
+    "precomputed phi"  Kernel.operator_from_base on phi(x, x) and phi(q, x)
+                       computed once, outside the step, as a run on fixed
+                       training contexts could (batch["phi_*"])
   """
   spec = kernels.get_kernel(gd_model.kernel)
   w_e_CxE, lrs_KxE = gd_model.embeddings(), gd_model.lrs[...]
@@ -429,12 +425,9 @@ def variant_gd_logits(gd_model: models.GD, batch, variant: str) -> jax.Array:
     if variant == "library":
       apply_q, apply_c = gd.kernel_operators(p.x_ctx_NxD, p.x_query_TxD,
                                              num_steps, gd_model.kernel, s)
-    elif variant == "operator(x, x)":
-      apply_q = spec.operator(p.x_query_TxD, p.x_ctx_NxD, s)
-      apply_c = spec.operator(p.x_ctx_NxD, p.x_ctx_NxD, s)
     else:
       apply_q = spec.operator_from_base(phi_q_TxN, s)
-      apply_c = spec.operator_from_base(phi_c_NxN, s, symmetric=True)
+      apply_c = spec.operator_from_base(phi_c_NxN, s)
     return gd.functional_gd_trajectory(apply_q, apply_c, p.residual_fn,
                                        p.residual_0_NxE, p.lrs_KxE,
                                        trajectory=False)
@@ -447,7 +440,7 @@ def variant_gd_logits(gd_model: models.GD, batch, variant: str) -> jax.Array:
 def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
   print(f"\n4. Diagnosis: GD K={num_layers} training step (value_and_grad of the"
         f" NLL over B={batch_size} contexts in chunks of {chunk}, warm-up + median"
-        f" of {repeats} interleaved rounds): the context operator three ways")
+        f" of {repeats} interleaved rounds): phi computed in the step or once")
   cfg = paper_config(num_layers, "gd")
   cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=0.5))
   train_set = jax.tree.map(lambda a: a[:batch_size], datasets.train)
@@ -479,7 +472,7 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
       return jax.tree.map(lambda x: x / batch_size, total)
     return step
 
-  variants = ("library", "operator(x, x)", "precomputed phi")
+  variants = ("library", "precomputed phi")
   calls = {v: (_compile(jax.jit(step_of(v)), (params, batch))[0], (params, batch))
            for v in variants}
   times, outs = _measure(calls, repeats, interleave=True)

@@ -97,7 +97,7 @@ def kernel_operators(x_ctx_NxD, x_query_TxD, num_steps, kernel, kernel_scale):
   apply_query = spec.operator(x_query_TxD, x_ctx_NxD, kernel_scale)
   apply_ctx = None
   if num_steps > 1:
-    apply_ctx = spec.self_operator(x_ctx_NxD, kernel_scale)
+    apply_ctx = spec.operator(x_ctx_NxD, x_ctx_NxD, kernel_scale)
   return apply_query, apply_ctx
 
 

@@ -109,36 +109,12 @@ class Kernel:
     return self.operator_from_base(
         self.base(jnp.asarray(q_TxD), jnp.asarray(k_NxD)), kernel_scale)
 
-  def self_operator(self, x_NxD: jax.Array, kernel_scale
-                    ) -> Callable[[jax.Array], jax.Array]:
-    """u -> a(x, x) @ u, the points attending to themselves; unchecked.
-
-    What functional GD applies at the context points. phi(x, x) is
-    symmetric, which gives the transposed weights that reverse mode needs
-    without a transposed product (see `operator_from_base`).
-    """
-    x_NxD = jnp.asarray(x_NxD)
-    return self.operator_from_base(self.base(x_NxD, x_NxD), kernel_scale,
-                                   symmetric=True)
-
-  def operator_from_base(self, base_TxN: jax.Array, kernel_scale, *,
-                         symmetric: bool = False
+  def operator_from_base(self, base_TxN: jax.Array, kernel_scale
                          ) -> Callable[[jax.Array], jax.Array]:
-    """u -> a @ u with the weights built from phi = `base_TxN`; unchecked.
-
-    For data that do not change between steps (fixed training contexts)
-    phi can be computed once and passed here at every step.
-
-    Args:
-      base_TxN: phi(q, k), e.g. `self.base(q, k)`.
-      kernel_scale: s > 0.
-      symmetric: phi is a symmetric [N, N] matrix (q = k). Reverse mode
-        then applies the transposed weights as a product in the same
-        orientation as the forward one (for the softmax kernel, built
-        elementwise from phi and the row normalisers) instead of a product
-        that contracts the weights' first axis, ~4x slower on CPU.
-    """
-    return _operator(self, base_TxN, kernel_scale, symmetric)
+    """u -> a @ u with the weights built from phi = `base_TxN`
+    (= self.base(q, k)), e.g. computed once for data that do not change
+    between steps; unchecked."""
+    return _operator(self, base_TxN, kernel_scale)
 
 
 # Adding a kernel is one entry here: the dense core, the chunked path, the
@@ -264,41 +240,29 @@ def attention_operator(
   return spec.operator(q_TxD, k_NxD, kernel_scale)
 
 
-def _operator(spec: Kernel, base_TxN, kernel_scale, symmetric):
+def _operator(spec: Kernel, base_TxN, kernel_scale):
   if not spec.scale_in_exponent:
     # Linear in s: scaling after the product keeps s's derivative O(T F).
     return lambda u_NxF: (base_TxN @ u_NxF) * kernel_scale / base_TxN.shape[-1]
-  if spec.normalised:
-    logits_TxN = kernel_scale * base_TxN
-    lse_Tx1 = jax.nn.logsumexp(logits_TxN, axis=-1, keepdims=True)
-    weights_TxN = jnp.exp(logits_TxN - lse_Tx1)
-    # weights^T [k, i] = exp(s phi[i, k] - lse[i]) = exp(s phi[k, i] - lse[i])
-    # when phi is symmetric: elementwise, in phi's own layout.
-    weights_t_NxT = (jnp.exp(logits_TxN - jnp.swapaxes(lse_Tx1, 0, 1))
-                     if symmetric else weights_TxN.T)
-  else:
-    weights_TxN = _weights_from_base(spec, kernel_scale, base_TxN)
-    weights_t_NxT = weights_TxN if symmetric else weights_TxN.T
+  weights_TxN = _weights_from_base(spec, kernel_scale, base_TxN)
   # Only the derivative reads these (dead code, removed under jit, otherwise);
   # built once here rather than at every application.
   weighted_base_TxN = weights_TxN * base_TxN
   weighted_base_sum_Tx1 = jnp.sum(weighted_base_TxN, axis=-1, keepdims=True)
   normalised = spec.normalised
   return lambda u_NxF: _apply_exponential(
-      normalised, kernel_scale, base_TxN, weights_TxN, weights_t_NxT,
-      weighted_base_TxN, weighted_base_sum_Tx1, u_NxF)
+      normalised, kernel_scale, base_TxN, weights_TxN, weighted_base_TxN,
+      weighted_base_sum_Tx1, u_NxF)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _apply_exponential(normalised, kernel_scale, base_TxN, weights_TxN,
-                       weights_t_NxT, weighted_base_TxN, weighted_base_sum_Tx1,
-                       u_NxF):
-  """weights @ u. weights = _weights_from_base(kernel, s, base), its
-  transpose and weighted_base = weights o base (with its row sums) are
-  passed in, computed once per operator; their tangents are rebuilt below
-  from those of s and base."""
-  del (normalised, kernel_scale, base_TxN, weights_t_NxT, weighted_base_TxN,
-       weighted_base_sum_Tx1)
+                       weighted_base_TxN, weighted_base_sum_Tx1, u_NxF):
+  """weights @ u. weights = _weights_from_base(kernel, s, base) and
+  weighted_base = weights o base (with its row sums) are passed in, computed
+  once per operator; their tangents are rebuilt below from those of s and
+  base."""
+  del normalised, kernel_scale, base_TxN, weighted_base_TxN, weighted_base_sum_Tx1
   return weights_TxN @ u_NxF
 
 
@@ -308,16 +272,13 @@ def _is_zero(tangent) -> bool:
 
 @functools.partial(_apply_exponential.defjvp, symbolic_zeros=True)
 def _apply_exponential_jvp(normalised, primals, tangents):
-  (kernel_scale, base_TxN, weights_TxN, weights_t_NxT, weighted_base_TxN,
-   weighted_base_sum_Tx1, u_NxF) = primals
+  (kernel_scale, base_TxN, weights_TxN, weighted_base_TxN, weighted_base_sum_Tx1,
+   u_NxF) = primals
   d_scale, d_base, *_, d_u = tangents  # the weights' own tangents are implied
   out_TxF = weights_TxN @ u_NxF
   terms = []
   if not _is_zero(d_u):
-    # = weights @ d_u, written through the transpose so that reverse mode
-    # (which transposes this line) computes weights^T @ cotangent as a
-    # product over the last axis of weights_t.
-    terms.append(jnp.einsum("nt,nf->tf", weights_t_NxT, d_u))
+    terms.append(weights_TxN @ d_u)
   if not _is_zero(d_base):
     # Inputs that are differentiated: the [T, N] logit tangent is needed.
     d_logits_TxN = kernel_scale * d_base

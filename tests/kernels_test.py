@@ -249,41 +249,6 @@ def test_operator_forward_mode_and_second_derivatives(x64, kernel):
     chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel", gdattn.KERNELS)
-@pytest.mark.parametrize("argnums", [(0,), (0, 2), (0, 1, 2)],
-                         ids=["s", "s,u", "all"])
-def test_self_operator_equals_plain_product_and_its_derivatives(
-    x64, kernel, argnums):
-  # The points attending to themselves: reverse mode uses the transposed
-  # weights that the symmetric phi(x, x) gives (softmax: built from the row
-  # normalisers), which must be exactly the transpose.
-  w = np.random.default_rng(9).normal(size=(7, 3))
-  _, x_NxD, u_NxF = _operator_args(13)
-  spec = kernels.get_kernel(kernel)
-
-  def through_self(s, x, u):
-    return jnp.sum(w * spec.self_operator(x, s)(u))
-
-  def through_plain(s, x, u):
-    a_NxN = kernels.attention_weights(x, x, kernel=kernel, kernel_scale=s)
-    return jnp.sum(w * (a_NxN @ u))
-
-  args = (jnp.float64(SCALES[kernel]), x_NxD, u_NxF)
-  np.testing.assert_allclose(
-      spec.self_operator(x_NxD, args[0])(u_NxF),
-      numpy_attention_weights(x_NxD, x_NxD, kernel, args[0]) @ u_NxF,
-      rtol=F64_RTOL, atol=F64_ATOL)
-  got = jax.jit(jax.grad(through_self, argnums))(*args)
-  want = jax.jit(jax.grad(through_plain, argnums))(*args)
-  chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
-  tangents = jax.tree.map(lambda a: jnp.ones_like(jnp.asarray(a)) * 0.3, args)
-  got, want = (jax.jvp(f, args, tangents) for f in (through_self, through_plain))
-  chex.assert_trees_all_close(got, want, rtol=1e-11, atol=1e-13)
-  got, want = (jax.hessian(f, argnums)(*args)
-               for f in (through_self, through_plain))
-  chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
-
-
 def test_operator_vmaps_over_contexts_and_scales(x64):
   q_TxD, k_NxD, u_NxF = _operator_args()
   qs, ks, us = (np.stack([a, 2 * a]) for a in (q_TxD, k_NxD, u_NxF))
