@@ -183,11 +183,32 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
   return 2 * size ** 3 / best
 
 
-def epoch_flops(trainer: train.Trainer, microbatch: int) -> tuple[float, bool]:
-  """XLA's FLOP count of one training epoch of one member: the loss and
-  gradient of one microbatch (its compiled cost analysis) x microbatches x
-  updates (the optimiser's element-wise update is negligible). Also whether
-  that program keeps a loop, whose body XLA counts once (a lower bound)."""
+def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+  """This machine's read rate, bytes/s: the best of `repeats` sums over a
+  `megabytes` float32 array (far larger than the caches)."""
+  x = jnp.ones((megabytes * 2 ** 18,), jnp.float32)
+  total = jax.jit(jnp.sum).lower(x).compile()
+  best = min(_timed(total, (x,))[0] for _ in range(repeats + 1))
+  return x.nbytes / best
+
+
+def exp_rate(size: int = 2 ** 21, repeats: int = 5) -> float:
+  """This machine's float32 exp rate, exps/s: the best of `repeats` sums of
+  exp over `size` values (8 MiB: in cache)."""
+  x = jnp.linspace(-5.0, 5.0, size, dtype=jnp.float32)
+  total = jax.jit(lambda x: jnp.sum(jnp.exp(x))).lower(x).compile()
+  best = min(_timed(total, (x,))[0] for _ in range(repeats + 1))
+  return size / best
+
+
+def epoch_flops(trainer: train.Trainer, microbatch: int
+                ) -> tuple[float, float, float, bool]:
+  """XLA's FLOP, byte and exp (transcendental) counts of one training
+  epoch of one member: the
+  loss and gradient of one microbatch (its compiled cost analysis) x
+  microbatches x updates (the optimiser's element-wise update is
+  negligible). Also whether that program keeps a loop, whose body XLA
+  counts once (then both are lower bounds)."""
   params = jax.tree.map(lambda p: p[0], trainer.params)
   data = trainer.datasets.train
   if data is None:
@@ -199,10 +220,11 @@ def epoch_flops(trainer: train.Trainer, microbatch: int) -> tuple[float, bool]:
     return trainer.task.loss(model, batch)
 
   compiled = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()
-  flops = compiled.cost_analysis().get("flops", 0.0)
+  cost = compiled.cost_analysis()
   looped = " while(" in compiled.as_text() or "= while" in compiled.as_text()
-  num_train = jax.tree.leaves(data)[0].shape[0]
-  return flops * (num_train // microbatch), looped
+  calls = jax.tree.leaves(data)[0].shape[0] // microbatch
+  return (cost.get("flops", 0.0) * calls, cost.get("bytes accessed", 0.0) * calls,
+          cost.get("transcendentals", 0.0) * calls, looped)
 
 
 @dataclasses.dataclass
@@ -254,13 +276,19 @@ def time_training(timings, repeats, interleave):
 
 
 def section_training(layers, tf_layers, datasets, gd_epochs, tf_epochs, repeats,
-                     peak):
+                     machine):
+  peak, bandwidth = machine["peak"], machine["bandwidth"]
   print(f"\n1. Training (run_epochs, one member, {repeats} consecutive calls;"
         " compile excluded). Roofline: XLA's FLOPs of one epoch / the median"
-        f" time, as a % of the measured matmul peak ({peak / 1e9:.0f} GFLOP/s)")
+        f" time, as a % of the measured matmul peak ({peak / 1e9:.0f} GFLOP/s);"
+        " XLA's bytes accessed per epoch / the time, as a % of the measured"
+        f" read bandwidth ({bandwidth / 1e9:.1f} GB/s; cache hits can exceed"
+        " it); XLA's exp count per epoch / the time, as a % of the measured"
+        f" exp rate ({machine['exp'] / 1e9:.2f} G/s)")
   header = (f"{'model':<10} {'K':>2} {'params':>6} {'micro':>5} {'epochs':>6}"
             f" {'s/epoch':>8} {'min':>7} {'max':>7} {'compile s':>9}"
-            f" {'full run':>9} {'GFLOP/ep':>9} {'GFLOP/s':>8} {'%peak':>6}")
+            f" {'full run':>9} {'GFLOP/ep':>9} {'GFLOP/s':>8} {'%peak':>6}"
+            f" {'GB/ep':>7} {'%bw':>6} {'Mexp/ep':>7} {'%exp':>6}")
   print(header)
   print("-" * len(header))
   timings = {}
@@ -270,14 +298,16 @@ def section_training(layers, tf_layers, datasets, gd_epochs, tf_epochs, repeats,
     for t in entries:
       timings[model, t.layers] = t
       full = t.compile_s + FULL_EPOCHS * t.epoch_s
-      flops, looped = epoch_flops(t.trainer, t.microbatch)
-      t.flops = flops
+      flops, nbytes, exps, looped = epoch_flops(t.trainer, t.microbatch)
+      t.flops, t.bytes, t.exps = flops, nbytes, exps
       rate = flops / t.epoch_s
       print(f"{model:<10} {t.layers:>2} {t.trainer.num_params:>6}"
             f" {t.microbatch:>5} {epochs:>6} {t.epoch_s:>8.4f}"
             f" {t.epoch_min_s:>7.4f} {max(t.epoch_all_s):>7.4f}"
             f" {t.compile_s:>9.1f} {_minutes(full):>9} {flops / 1e9:>9.2f}"
             f" {rate / 1e9:>8.2f} {100 * rate / peak:>5.1f}%"
+            f" {nbytes / 1e9:>7.2f} {100 * nbytes / t.epoch_s / bandwidth:>5.1f}%"
+            f" {exps / 1e6:>7.1f} {100 * exps / t.epoch_s / machine['exp']:>5.1f}%"
             f"{' (loop: lower bound)' if looped else ''}", flush=True)
   print(f"full run = compile + {FULL_EPOCHS} x s/epoch (training only; see the"
         " summary for +eval); micro = contexts per gradient microbatch")
@@ -487,7 +517,8 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
         f" contexts would hold {mb:.0f} MiB)")
 
 
-def summary(timings, forward, seeds, peak):
+def summary(timings, forward, seeds, machine):
+  peak, bandwidth = machine["peak"], machine["bandwidth"]
   print("\nTargets")
 
   def line(ok, text):
@@ -509,9 +540,11 @@ def summary(timings, forward, seeds, peak):
       fraction = t.flops / t.epoch_s / peak
       line(fraction >= TARGET_PEAK_FRACTION,
            f"gd K={k}: {100 * fraction:.1f}% of the matmul peak by XLA's FLOP"
-           f" count (target >= {100 * TARGET_PEAK_FRACTION:.0f}%; the step's"
-           " products have E=5 columns and its N x N exponentials are not"
-           " matmul FLOPs)")
+           f" count (target >= {100 * TARGET_PEAK_FRACTION:.0f}%); bytes at"
+           f" {100 * t.bytes / t.epoch_s / bandwidth:.0f}% of the read"
+           f" bandwidth, exps at {100 * t.exps / t.epoch_s / machine['exp']:.0f}%"
+           " of the exp rate: element-wise work on [N, N] kernels and"
+           " products with E=5 columns, not matmul FLOPs")
     authors = AUTHORS_S_PER_EPOCH.get((model, k))
     if authors is not None:
       speedup = authors / t.epoch_s
@@ -583,11 +616,14 @@ def main(argv):
   jax.block_until_ready(datasets.evals)
   print(f"data sets drawn in {time.perf_counter() - t0:.1f} s")
 
-  peak = matmul_peak()
-  print(f"float32 matmul peak (2048^3, best of 5): {peak / 1e9:.1f} GFLOP/s;"
-        f" caches: {cache_sizes()}")
+  machine = dict(peak=matmul_peak(), bandwidth=memory_bandwidth(),
+                 exp=exp_rate())
+  print(f"machine: float32 matmul peak (2048^3, best of 5)"
+        f" {machine['peak'] / 1e9:.1f} GFLOP/s; read bandwidth (sum over 256"
+        f" MiB) {machine['bandwidth'] / 1e9:.1f} GB/s; exp rate (2^21 values)"
+        f" {machine['exp'] / 1e9:.2f} G/s; caches: {cache_sizes()}")
   timings = section_training(layers, tf_layers, datasets, gd_epochs, _TF_EPOCHS.value,
-                             repeats, peak)
+                             repeats, machine)
   forward = section_forward(layers, datasets, _BATCH.value, repeats)
   seeds = [section_seeds(int(k), _SEEDS.value, datasets, gd_epochs, repeats, timings,
                          check_members=i == 0)
@@ -599,7 +635,7 @@ def main(argv):
     section_microbatch([int(k) for k in _SWEEP_LAYERS.value],
                        [int(m) for m in _MICROBATCH.value], datasets, gd_epochs,
                        _TF_EPOCHS.value, repeats)
-  summary(timings, forward, seeds, peak)
+  summary(timings, forward, seeds, machine)
   print(f"\ntotal benchmark wall time {time.perf_counter() - start:.0f} s,"
         f" load average now {os.getloadavg()[0]:.1f}")
 

@@ -15,8 +15,8 @@ file ships with the package: `gdattn.configs.synthetic.get_config(arg)`):
   paper      the paper's protocol: 5000 epochs, evaluation every 100, 5 seeds,
              the paper's per-model optimisers for the given K (default 1).
              python -m experiments.main --config=gdattn/configs/synthetic.py:paper,layers=2 --workdir=runs/paper_k2
-             GD: ~2 min at K=1, ~10 min at K=2 on 2 CPU cores; the Trained TF
-             takes longer. Expected (paper, authors' draw): GD acc 0.702 (K=1),
+             GD: ~1.5 min at K=1, ~25 min at K=2 per seed on 2 CPU cores; the
+             Trained TF ~25 min per seed at K=1, hours at K=2. Expected (paper, authors' draw): GD acc 0.702 (K=1),
              0.718 (K=2); TF 0.575, 0.524.
 
 Any field can be overridden: --config.model.num_layers=3 --config.num_seeds=2
