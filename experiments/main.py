@@ -66,6 +66,15 @@ def print_results(results, header=""):
           f"NLL {bayes['bayes_nll']:.3f}")
 
 
+def print_config(cfg: config_lib.ExperimentConfig) -> None:
+  """Every field as `config.<field> = <value>   # <meaning>`, aligned."""
+  rows = [(f"config.{key} = {value!r}", meaning)
+          for key, value, meaning in config_lib.describe(cfg)]
+  width = max(len(setting) for setting, _ in rows)
+  for setting, meaning in rows:
+    print(f"{setting:<{width}}   # {meaning}" if meaning else setting)
+
+
 def _fail(e: Exception) -> None:
   if _TRACEBACK.value:
     raise e
@@ -84,8 +93,7 @@ def main(argv):
   except (ValueError, OSError) as e:
     _fail(e)
   if _PRINT_CONFIG.value:
-    for key, value in workdir_lib.flatten(workdir_lib.config_dict(cfg)).items():
-      print(f"config.{key} = {value!r}")
+    print_config(cfg)
     return
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (output directory)")

@@ -40,6 +40,12 @@ def test_print_config_lists_every_field_with_defaults():
   assert rc == 0
   assert "config.model.trained_tf.num_heads = 2" in out
   assert "config.train.patience = None" in out
+  # Each field with its meaning, the comments aligned in one column.
+  lines = out.splitlines()
+  assert all(" = " in l and "   # " in l for l in lines), out
+  assert len({l.index("   # ") for l in lines}) == 1
+  name = next(l for l in lines if l.startswith("config.data.name = "))
+  assert "generator" in name.split("#", 1)[1]
 
 
 def test_rerun_of_a_finished_workdir_prints_complete_at_once(tmp_path):

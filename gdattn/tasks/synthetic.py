@@ -24,20 +24,42 @@ from gdattn.tasks.base import Datasets
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  name: str = "high_dim"            # training (and validation) generator, or
-                                    # "authors_high_dim": the authors' own draw
-  test_name: str | None = None      # test generator; None = same as `name`
-  num_classes: int = 25             # C
-  input_dim: int = 10               # D (random_grid forces 2)
-  data_embed_dim: int = 5           # E of W_data (the generative embedding)
-  num_context_points: int = 125     # N
-  num_queries: int = 1              # T
-  num_active_classes: int = 5       # J
-  amplitude: float = 10.0           # lambda
-  num_train: int = 2048             # L
+  """config.data of the synthetic task: one draw of the generative model.
+
+  Attributes:
+    name: training (and validation) generator, one of GENERATORS
+      ("high_dim", "random_grid", "mixture"), or "authors_high_dim": the
+      authors' own draw.
+    test_name: test generator (distribution shift); None = same as name.
+    num_classes: C, classes of the generative model.
+    input_dim: D, dimension of the inputs x (random_grid forces 2).
+    data_embed_dim: E of W_data, the generative class embedding.
+    num_context_points: N, labelled examples per context.
+    num_queries: T, query points per context.
+    num_active_classes: J, classes that occur in one context.
+    amplitude: lambda, the scale of the class signal in x.
+    num_train: L, fixed training contexts.
+    num_val: fixed validation contexts (model selection).
+    num_test: fixed test contexts.
+    seed: the draw of W_data and of the three context sets.
+    num_mixture_components: M, class-choice distributions ("mixture" only).
+    mixture_scale: spread of the mixture logits; 0 = uniform ("mixture"
+      only).
+  """
+
+  name: str = "high_dim"
+  test_name: str | None = None
+  num_classes: int = 25
+  input_dim: int = 10
+  data_embed_dim: int = 5
+  num_context_points: int = 125
+  num_queries: int = 1
+  num_active_classes: int = 5
+  amplitude: float = 10.0
+  num_train: int = 2048
   num_val: int = 2048
   num_test: int = 2048
-  seed: int = 5                     # one draw of W_data and the data sets
+  seed: int = 5
   num_mixture_components: int = 10
   mixture_scale: float = 2.0
 
