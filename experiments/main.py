@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from gdattn import config as config_lib
 from gdattn import io
+from gdattn import tasks
 from gdattn import train
 from gdattn import workdir as workdir_lib
 
@@ -66,6 +67,15 @@ def print_results(results, header=""):
           f"NLL {bayes['bayes_nll']:.3f}")
 
 
+def print_config(cfg: config_lib.ExperimentConfig) -> None:
+  """Every field as `config.<field> = <value>   # <meaning>`, aligned."""
+  rows = [(f"config.{key} = {value!r}", meaning)
+          for key, value, meaning in config_lib.describe(cfg)]
+  width = max(len(setting) for setting, _ in rows)
+  for setting, meaning in rows:
+    print(f"{setting:<{width}}   # {meaning}" if meaning else setting)
+
+
 def _fail(e: Exception) -> None:
   if _TRACEBACK.value:
     raise e
@@ -84,8 +94,7 @@ def main(argv):
   except (ValueError, OSError) as e:
     _fail(e)
   if _PRINT_CONFIG.value:
-    for key, value in workdir_lib.flatten(workdir_lib.config_dict(cfg)).items():
-      print(f"config.{key} = {value!r}")
+    print_config(cfg)
     return
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (output directory)")
@@ -99,18 +108,16 @@ def main(argv):
   logging.info("JAX devices: %s", jax.devices())
   try:
     run = train.train(cfg, workdir, overwrite=_OVERWRITE.value)
-  except (ValueError, workdir_lib.WorkdirError, FloatingPointError) as e:
+  except (ValueError, workdir_lib.WorkdirError, io.CheckpointError,
+          FloatingPointError) as e:
     _fail(e)
   for name, m in run.models.items():
     if m.resumed_from is not None:
       print(f"{name}: resumed from the checkpoint at epoch {m.resumed_from}")
   print_results(run.results)
-  if ("trained_tf" in cfg.models and cfg.task == "synthetic"
-      and cfg.train.num_epochs < 5000):
-    print(f"Note: {cfg.train.num_epochs} epochs. The Trained TF learns far"
-          " more slowly than GD: at this budget it is far from converged (the"
-          " paper trains it 5000 epochs, reaching 0.575 at K=1 on its draw),"
-          " so its gap to GD here is not the paper's result.")
+  # A task may say what a reader should know beside its numbers.
+  for note in getattr(tasks.get(cfg.task), "notes", lambda _: ())(cfg):
+    print(f"Note: {note}")
   print(f"Outputs in {workdir}: results.json, curves.png,"
         " <model>/metrics.jsonl")
 

@@ -6,7 +6,8 @@ Run (from the repository root):
 
 Expected wall time on the shared 2-core CPU: ~15 min with the defaults
 (measured 967 s, the first ~8 min of it sharing the CPU with a second copy).
-`--quick` (~2 min, measured 123 s) is a smoke run. Writes experiments/results/followon.{json,md,png}
+`--quick` (~2 min, measured 123 s) is a smoke run; `--replot` only redraws
+the md and png of `--name` from its saved json. Writes experiments/results/followon.{json,md,png}
 (`--out_dir`). Each run trains with the library loop (`gdattn.train.train`) in a
 checkpointed workdir under --runs_dir (the same command resumes a killed run).
 
@@ -40,6 +41,7 @@ per-K rates: --gd_lr=1e-3 at K=1).
 
 import dataclasses
 import json
+import os
 import time
 
 from absl import app
@@ -74,6 +76,9 @@ _SHIFT = flags.DEFINE_string(
     "shift", "mixture", "The mismatched test set: 'mixture' (the mixture generator at"
     " --mixture_scale), 'amplitude=X' (high_dim at lambda X) or 'context_points=N'"
     " (high_dim with N context points), all from the training draw's W_data.")
+_REPLOT = flags.DEFINE_bool(
+    "replot", False, "Only redraw <--name>.{md,png} from <--name>.json (no"
+    " training).")
 SHIFT_FIELDS = {"amplitude": ("amplitude", float), "context_points": ("num_context_points", int)}
 
 SCALE_CONTEXTS = 512  # test contexts for the logit-scale statistics
@@ -162,6 +167,13 @@ def run_job(cfg, name, shift, shift_split):
 def main(argv):
   del argv
   toolkit.quiet_logging()
+  if _REPLOT.value:
+    base = os.path.join(_OUT.value, _NAME.value)
+    out = toolkit.load_json(base + ".json")
+    plot(out, base + ".png")
+    toolkit.write_markdown(base + ".md", report_lines(out, _NAME.value))
+    print(f"redrew {base}.{{md,png}}")
+    return
   t_start = time.time()
   quick = _QUICK.value
   e1 = 10 if quick else _EPOCHS_K1.value
@@ -208,6 +220,7 @@ def shift_of(out):
 
 def plot(out, path):
   plt = toolkit.pyplot()
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
   runs = out["runs"]
   shift, label = shift_of(out)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -223,6 +236,7 @@ def plot(out, path):
                 label=f"{name} ({rs[0]['num_params']} params at K={rs[0]['layers']})")
     ax.axhline(out["bayes"]["10.0"][split]["bayes_max_prob"], color="k", ls=":",
                label="Bayes mean max prob")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("K (layers)")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

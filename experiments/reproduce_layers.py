@@ -39,9 +39,10 @@ Each finished run is merged into experiments/results/layers.json at once (raw
 per-member numbers, Bayes references, epochs run, wall time, the command), so a
 killed sweep keeps what it finished; runs train in checkpointed workdirs under
 runs/layers/ and resume when the same command is re-run. After every run the
-script rewrites layers.md (our numbers next to the paper's) and layers.png
-(test accuracy vs K with mean +- std error bars, the paper's numbers as markers)
-from everything in layers.json.
+script rewrites layers.md (every run, our numbers next to the paper's) and
+layers.png (gdattn.plots.plot_sweep: per model the best-covered series of like
+runs, mean +- std error bars, the paper's numbers as stars) from everything in
+layers.json; --report_only redraws both from layers.json without training.
 """
 
 from absl import app

@@ -492,6 +492,7 @@ def plot(out, path):
   ax.plot(ep, [r["test_accuracy"] for r in h], "^-", label="TF test acc")
   ax.axhline(out["alignment"]["gd_test"]["accuracy"], color="k", ls=":", label="GD test acc")
   ax.set_xlabel("Trained TF epoch")
+  ax.set_ylabel("distance, cosine or accuracy (legend)")
   ax.set_title("(b) alignment of a Trained TF with GD")
   ax.legend(fontsize=7)
   ax = axes[2]
@@ -502,6 +503,7 @@ def plot(out, path):
   ax.plot(ep, [r["test_accuracy"] for r in h], "^-", label="test acc")
   ax.axhline(out["from_gd"]["gd_test"]["accuracy"], color="k", ls=":", label="GD test acc")
   ax.set_xlabel("epoch (TF initialised at the GD point)")
+  ax.set_ylabel("distance or accuracy (legend)")
   ax.set_title("(c) does it stay at GD?")
   ax.legend(fontsize=7)
   fig.tight_layout()

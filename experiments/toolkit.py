@@ -32,6 +32,7 @@ import numpy as np
 
 from gdattn import config as config_lib
 from gdattn import io
+from gdattn import plots
 from gdattn import train
 from gdattn import workdir as workdir_lib
 from gdattn.configs import synthetic as synthetic_configs
@@ -196,19 +197,9 @@ def pyplot():
 # ----------------------------------------------------------------------------
 # Sweeps over K (reproduce_layers) and L (reproduce_data_size).
 
-# The paper's numbers (SPEC section 5), test accuracy / NLL, mean over 5 seeds.
-PAPER_LAYERS = {
-    "gd": {"accuracy": [0.702, 0.718, 0.729, 0.731, 0.728, 0.727],
-           "nll": [1.058, 0.971, 0.943, 0.924, 0.916, 0.921]},
-    "trained_tf": {"accuracy": [0.575, 0.524, 0.474, 0.480, 0.481, 0.483],
-                   "nll": [1.520, 1.743, 1.848, 1.847, 1.845, 1.838]},
-}
-PAPER_DATA_SIZE = {
-    "L": [2048, 4096, 8192, 12288, 16384, 20480, 24576, 32768],
-    "gd": [0.718, 0.723, 0.718, 0.723, 0.722, 0.724, 0.719, 0.727],
-    "trained_tf": [0.524, 0.609, 0.670, 0.687, 0.700, 0.704, 0.712, 0.720],
-}
-MODEL_LABEL = {"gd": "GD", "trained_tf": "Trained TF"}
+PAPER_LAYERS = plots.PAPER_LAYERS
+PAPER_DATA_SIZE = plots.PAPER_DATA_SIZE
+MODEL_LABEL = plots.MODEL_LABEL
 
 
 def define_sweep_flags(xs_name, xs_default, xs_help):
@@ -304,53 +295,8 @@ def merge_record(path, key, record):
   write_json(path, data)
 
 
-def aggregate(records, xkey):
-  """Groups runs by (protocol, mode, model, x) -> mean/std of the test metrics.
-
-  draws mode: statistics over draws (each draw: the mean over its members);
-  seeds mode: statistics over the members of the one fixed draw.
-  """
-  groups = {}
-  for r in records.values():
-    if "error" in r:
-      continue
-    groups.setdefault((r["protocol"], r["mode"], r["model"], r["K"], r["L"]),
-                      []).append(r)
-  rows = []
-  for (protocol, mode, model, k, l), rs in sorted(groups.items()):
-    x = k if xkey == "K" else l
-    if mode == "draws":
-      units = [(np.mean([m["test_accuracy"] for m in r["members"]]),
-                np.mean([m["test_nll"] for m in r["members"]]),
-                r["bayes"]["bayes_max_prob"]) for r in rs]
-    else:
-      units = [(m["test_accuracy"], m["test_nll"], r["bayes"]["bayes_max_prob"])
-               for r in rs for m in r["members"]]
-    acc, nll, bayes = (np.asarray(u) for u in zip(*units))
-    rows.append({
-        "protocol": protocol, "mode": mode, "model": model, "x": x, "K": k, "L": l,
-        "n": len(units), "acc_units": acc.tolist(), "acc_mean": acc.mean(),
-        "acc_std": acc.std(), "nll_mean": nll.mean(), "nll_std": nll.std(),
-        "rel_mean": (acc / bayes).mean(), "rel_std": (acc / bayes).std(),
-        "bayes_mean": bayes.mean(), "bayes_std": bayes.std(),
-        "draws": sorted({r["data_seed"] for r in rs}),
-        "epochs": rs[0]["epochs"], "lr": sorted({r["learning_rate"] for r in rs}),
-        "best_epochs": sorted({m["best_epoch"] for r in rs for m in r["members"]}),
-        "wall_s": sum(r["wall_s"] for r in rs),
-    })
-  return rows
-
-
-def paper_value(model, xkey, x, metric="accuracy", k=None, l=None):
-  """The paper's number at this point (None where it reports none)."""
-  if (xkey == "K" and l != 2048) or (xkey == "L" and k != 2):
-    return None
-  if xkey == "K":
-    vals = PAPER_LAYERS[model][metric]
-    return vals[x - 1] if 1 <= x <= len(vals) else None
-  if metric != "accuracy" or x not in PAPER_DATA_SIZE["L"]:
-    return None
-  return PAPER_DATA_SIZE[model][PAPER_DATA_SIZE["L"].index(x)]
+aggregate = plots.aggregate
+paper_value = plots.paper_value
 
 
 def summary_table(rows, xkey):
@@ -393,64 +339,14 @@ def per_run_table(records, xkey):
   return "\n".join(lines)
 
 
-def plot_sweep(rows, xkey, path, title):
-  """Test accuracy vs x with mean +- std error bars, the paper's as stars."""
-  plt = pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  colors = {"gd": "tab:blue", "trained_tf": "tab:red"}
-  styles = ["-", "--", "-.", ":"]  # one per curve; the marker gives the mode
-  groups = {}
-  for r in rows:
-    fixed = f"L={r['L']}" if xkey == "K" else f"K={r['K']}"
-    groups.setdefault((r["model"], r["mode"], r["protocol"], fixed), []).append(r)
-  for i, ((model, mode, protocol, fixed), rs) in enumerate(sorted(groups.items())):
-    rs = sorted(rs, key=lambda r: r["x"])
-    xs = np.asarray([r["x"] for r in rs], float)
-    if xkey == "L":
-      xs = xs * (1 + 0.02 * (i - len(groups) / 2))  # log axis: small dodge
-    else:
-      xs = xs + 0.04 * (i - len(groups) / 2)
-    ns = sorted({r["n"] for r in rs})
-    ns = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-    marker = "D" if protocol == "paper" else "o" if mode == "draws" else "s"
-    if mode == "draws" and rs[0]["n"] > 1:  # each draw, faint
-      for x, r in zip(xs, rs):
-        xd = x * 0.97 if xkey == "L" else x - 0.1  # beside the error bar
-        ax.plot([xd] * r["n"], r["acc_units"], ls="none", marker=".", ms=3,
-                color=colors[model], alpha=0.35)
-    ax.errorbar(xs, [r["acc_mean"] for r in rs], yerr=[r["acc_std"] for r in rs],
-                color=colors[model], ls=styles[i % len(styles)], marker=marker, ms=5,
-                capsize=3,
-                label=f"{MODEL_LABEL[model]} {fixed}, {mode} (n={ns}), {protocol}")
-  for model in colors:
-    if not any(r["model"] == model for r in rows):
-      continue
-    if xkey == "K":
-      px, py = np.arange(1, 7), PAPER_LAYERS[model]["accuracy"]
-    else:
-      px, py = PAPER_DATA_SIZE["L"], PAPER_DATA_SIZE[model]
-    ax.plot(px, py, ls="none", marker="*", ms=11, color=colors[model],
-            markeredgecolor="k",
-            label=f"{MODEL_LABEL[model]}, paper ({'L=2048' if xkey == 'K' else 'K=2'})")
-  if xkey == "L":
-    ax.set_xscale("log", base=2)
-  ax.set_xlabel("K (layers = GD steps)" if xkey == "K" else "L (training contexts)")
-  ax.set_ylabel("test accuracy (best val NLL)")
-  ax.set_title(title, fontsize=10)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def write_sweep_reports(results_dir, name, xkey, title, header_md):
   """Rewrites <name>.md and <name>.png from <name>.json (notes block kept)."""
   records = load_json(os.path.join(results_dir, f"{name}.json"))
   if not records:
     return
   rows = aggregate(records, xkey)
-  plot_sweep(rows, xkey, os.path.join(results_dir, f"{name}.png"), title)
+  plots.plot_sweep(rows, xkey, os.path.join(results_dir, f"{name}.png"),
+                   title)
   after = [
       "## Summary (mean ± std; draws mode: over draws, seeds mode: over init seeds)",
       "", summary_table(rows, xkey), "",

@@ -20,7 +20,9 @@ The layout is generic; what `data` and `model` hold is the task's:
 
 import dataclasses
 import difflib
+import inspect
 import math
+import re
 from typing import Any
 
 OPTIMIZERS = ("adam", "adamw")
@@ -34,39 +36,85 @@ EXECUTION_FIELDS = ("train.progress", "train.members_per_step",
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-  optimizer: str = "adam"           # "adam" | "adamw"
-  learning_rate: float = 1e-3       # base rate (members may sweep it)
+  """config.optim: the optimiser (optim_overrides.<model> changes it per model).
+
+  Attributes:
+    optimizer: "adam" or "adamw".
+    learning_rate: base learning rate (config.learning_rates may sweep it).
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's denominator epsilon.
+    weight_decay: decoupled weight decay (adamw only).
+    clip_norm: global-norm gradient clip; None = off.
+    schedule: "staircase" (lr *= decay_rate every decay_steps updates) or
+      "cosine" (linear warmup, then cosine to 0 at decay_steps).
+    decay_rate: staircase factor per decay_steps updates (1 = constant).
+    decay_steps: staircase period, or the cosine's length, in updates.
+    warmup_steps: linear warmup updates (cosine only).
+  """
+
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
   b1: float = 0.9
   b2: float = 0.999
   eps: float = 1e-8
-  weight_decay: float = 0.0         # adamw only
-  clip_norm: float | None = 1e-3    # global-norm clip; None = off
-  schedule: str = "staircase"       # "staircase": lr *= decay_rate every
-                                    # decay_steps updates; "cosine": linear
-                                    # warmup, then cosine to 0 at decay_steps
+  weight_decay: float = 0.0
+  clip_norm: float | None = 1e-3
+  schedule: str = "staircase"
   decay_rate: float = 1.0
   decay_steps: int = 1000
-  warmup_steps: int = 0             # cosine only
+  warmup_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """config.train: the loop (batch, epochs, evaluation, early stopping).
+
+  Attributes:
+    batch_size: training examples per update.
+    num_epochs: epochs to train (passes over a fixed training set).
+    eval_every: epochs between evaluations; also the checkpoint interval.
+    patience: evaluations without a better validation metric before
+      stopping; None = never stop early.
+    microbatch_size: gradient accumulation chunk; None = the whole batch.
+    eval_batch_size: examples per evaluation chunk (bounds memory).
+    members_per_step: members (seeds x learning rates) whose gradients are
+      computed together (vmapped), chunks one after another; None = all.
+    progress: show a tqdm progress bar.
+    tensorboard: also write TensorBoard event files
+      (<workdir>/<model>/tensorboard).
+  """
+
   batch_size: int = 512
   num_epochs: int = 5000
-  eval_every: int = 100             # epochs; also the checkpoint interval
-  patience: int | None = None       # evals without improvement before stopping
-  microbatch_size: int | None = 64  # gradient accumulation chunk; None = batch
-  eval_batch_size: int = 512        # examples per evaluation chunk (memory)
-  # Members (seeds x lrs) whose gradients are computed together (vmapped);
-  # the chunks run one after another. None = all members at once.
+  eval_every: int = 100
+  patience: int | None = None
+  microbatch_size: int | None = 64
+  eval_batch_size: int = 512
   members_per_step: int | None = None
-  progress: bool = True             # tqdm progress bar
-  tensorboard: bool = False         # also write TensorBoard event files
-                                    # (<workdir>/<model>/tensorboard)
+  progress: bool = True
+  tensorboard: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+  """The whole config of a run (see the module docstring for the layout).
+
+  Attributes:
+    task: name of a registered task (gdattn.tasks.names()): "synthetic",
+      "image_icl", "language", ...
+    models: names of the task's models to train, one after another.
+    seed: first init seed; members use seed .. seed + num_seeds - 1.
+    num_seeds: independent inits per learning rate (members).
+    learning_rates: a learning-rate sweep (x seeds); () = optim's.
+    data: the task's data config (its task.data_config).
+    model: the task's model config (task.model_config): shared fields and
+      one nested section per model.
+    optim: optimiser settings shared by all models.
+    optim_overrides: per model name, optim fields that differ for it.
+    train: the training loop.
+  """
+
   task: str = "synthetic"
   models: tuple[str, ...] = ("gd", "trained_tf")
   seed: int = 0
@@ -89,6 +137,61 @@ class ExperimentConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+  """{field: meaning} from the `Attributes:` section of cls's docstring.
+
+  Each entry is `name: text` at one indent, continued on deeper-indented
+  lines (Google style); the meanings are what --print_config shows.
+  """
+  doc = inspect.getdoc(cls) or ""
+  docs, current, indent = {}, None, None
+  in_section = False
+  for line in doc.splitlines():
+    stripped = line.strip()
+    if not in_section:
+      in_section = stripped == "Attributes:"
+      continue
+    if not stripped:
+      continue
+    depth = len(line) - len(line.lstrip())
+    if depth == 0:  # the next section (or prose) ends Attributes
+      break
+    if indent is None:
+      indent = depth
+    match = re.match(r"(\w+)(?: \([^)]*\))?: ?(.*)", stripped)
+    if depth == indent and match:
+      current = match.group(1)
+      docs[current] = match.group(2)
+    elif current is not None:
+      docs[current] += " " + stripped
+  return {name: text.strip() for name, text in docs.items()}
+
+
+def describe(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+  """(dotted field, value, meaning) for every leaf field of a config.
+
+  Nested dataclass sections are expanded; an optim_overrides entry is
+  described by the optim field it overrides. A field without a documented
+  meaning gets "" (tests require every built-in field to have one).
+  """
+  rows = []
+  docs = field_docs(type(cfg))
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    name = prefix + f.name
+    if dataclasses.is_dataclass(value) and dataclasses.fields(value):
+      rows.extend(describe(value, name + "."))
+    elif f.name == "optim_overrides" and value:
+      optim = field_docs(OptimConfig)
+      for model, fields in value.items():
+        for key, v in fields.items():
+          rows.append((f"{name}.{model}.{key}", v,
+                       f"{model}'s own optim.{key}: {optim.get(key, '')}"))
+    else:
+      rows.append((name, value, docs.get(f.name, "")))
+  return rows
 
 
 def require(ok: bool, field: str, expected: str, got: Any) -> None:

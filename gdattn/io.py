@@ -191,6 +191,29 @@ def _keys_to_data(tree: Any) -> Any:
   return jax.tree.map(to_data, tree)
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of a directory restores (the message names it)."""
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's own log lines while a Checkpointer reads its steps.
+
+  Orbax logs an ERROR for each unreadable metadata file it meets (once when
+  the manager lists the steps, again on restore); restore_latest_good
+  reports every failure itself, once, in one message.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+  def __enter__(self):
+    logging.getLogger("absl").addFilter(self)  # orbax logs through absl
+    return self
+
+  def __exit__(self, *exc):
+    logging.getLogger("absl").removeFilter(self)
+
+
 class Checkpointer:
   """Thin wrapper of orbax CheckpointManager keeping the last `max_to_keep`.
 
@@ -209,7 +232,8 @@ class Checkpointer:
         cleanup_tmp_directories=True,  # leftovers of saves killed mid-way.
     )
     self.directory = os.path.abspath(directory)  # orbax wants absolute paths.
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    with _QuietOrbax():
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     """Saves state at step; returns whether orbax saved.
@@ -255,13 +279,15 @@ class Checkpointer:
 
     A checkpoint that fails to restore (truncated or corrupted files) is
     skipped with a warning naming it and the one used instead; if there are
-    checkpoints but none restores, raises naming the directory.
+    checkpoints but none restores, closes and raises CheckpointError naming
+    the directory.
     """
     steps = self.all_steps()
     failures = []
     for step in reversed(steps):
       try:
-        state = self.restore(step, target)
+        with _QuietOrbax():
+          state = self.restore(step, target)
       except Exception as e:  # pylint: disable=broad-except
         failures.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
         continue
@@ -271,7 +297,10 @@ class Checkpointer:
             self.directory, "; ".join(failures), step)
       return step, state
     if steps:
-      raise RuntimeError(
+      # Fatal for the caller: release orbax's threads now, so the process
+      # ends on this message rather than on their shutdown noise.
+      self.close()
+      raise CheckpointError(
           f"no usable checkpoint in {self.directory} ({'; '.join(failures)});"
           " delete that directory to start the model again")
     return None, target

@@ -328,17 +328,39 @@ class GDConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainedTFConfig:
-  num_heads: int = 2                # self-attention heads per block
-  token_layout: str = "exact"       # "exact" (one E slot per block) | "paper"
+  """config.model.trained_tf.
+
+  Attributes:
+    num_heads: self-attention heads per block.
+    token_layout: "exact" (one E slot per block) or "paper" (the original
+      code's layout).
+  """
+
+  num_heads: int = 2
+  token_layout: str = "exact"
 
 
 @dataclasses.dataclass(frozen=True)
 class GDMLPConfig:
-  mlp_hidden: int = 16              # hidden width of the MLP writing E
+  """config.model.gdmlp.
+
+  Attributes:
+    mlp_hidden: hidden width of the MLP that rewrites E between steps.
+  """
+
+  mlp_hidden: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
+  """config.model.transformer (a standard pre-LN transformer baseline).
+
+  Attributes:
+    model_dim: token width.
+    num_heads: attention heads per block.
+    mlp_hidden: hidden width of each block's MLP.
+  """
+
   model_dim: int = 64
   num_heads: int = 4
   mlp_hidden: int = 128
@@ -346,14 +368,28 @@ class TransformerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ICLModelConfig:
-  """The in-context classifiers: shared fields, then one section per model."""
+  """The in-context classifiers: shared fields, then one section per model.
 
-  num_layers: int = 1               # K (= GD steps for the GD models)
-  kernel: str = "softmax"           # one of kernels.KERNELS
-  embed_dim: int = 5                # E of the model's W_e
-  init_scale: float | None = None   # None: 0.002 (GD, GDMLP), 0.002/K (TrainedTF)
-  init_kernel_scale: float = 1.0    # GD, GDMLP: initial s
-  fix_last_class: bool = True       # pin W_e's last row to 0 (the original)
+  Attributes:
+    num_layers: K, layers (= GD steps for the GD models).
+    kernel: attention kernel, one of kernels.KERNELS.
+    embed_dim: E of the model's class embedding W_e.
+    init_scale: std of the initial weights; None = 0.002 (GD, GDMLP),
+      0.002 / K (TrainedTF).
+    init_kernel_scale: initial kernel scale s (GD, GDMLP).
+    fix_last_class: pin W_e's last row to 0, as the original code does.
+    gd: the GD model's own fields (none yet).
+    trained_tf: the Trained TF's own fields.
+    gdmlp: the GD-MLP's own fields.
+    transformer: the transformer baseline's own fields.
+  """
+
+  num_layers: int = 1
+  kernel: str = "softmax"
+  embed_dim: int = 5
+  init_scale: float | None = None
+  init_kernel_scale: float = 1.0
+  fix_last_class: bool = True
   gd: GDConfig = GDConfig()
   trained_tf: TrainedTFConfig = TrainedTFConfig()
   gdmlp: GDMLPConfig = GDMLPConfig()

@@ -89,6 +89,7 @@ def _check_finite(model_name, members, loss, params, first, steps_per_epoch,
              f" {(first + int(e)) * steps_per_epoch + int(z)}, member {int(s)}"
              f" = (seed, lr) {members[int(s)]})")
   last = ckpt.latest_step()
+  ckpt.close()  # the run ends here; release orbax before the error unwinds
   kept = (f"the last good checkpoint (epoch {last}) is kept in"
           f" {os.path.join(workdir, 'checkpoints')}" if last is not None
           else "no checkpoint was written yet")

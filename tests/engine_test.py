@@ -144,6 +144,27 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
   assert again.results == run.results
 
 
+class HugeLossToyTask(ToyTask):
+  """The toy task with a test metric of ~1e25: diverged, yet finite."""
+  name = "toy_huge"
+
+  def metrics(self, pred, data):
+    return {"mse": jnp.mean((pred - data[1]) ** 2) + 1e25}
+
+
+tasks.register(HugeLossToyTask())
+
+
+def test_finite_but_diverged_test_metric_is_warned_about(tmp_path, caplog):
+  run = train.train({**toy_config(num_epochs=10), "task": "toy_huge"},
+                    str(tmp_path))
+  assert run.results["linear"]["members"][0]["test_mse"] > 1e24
+  warned = [r.getMessage() for r in caplog.records
+            if "out of range" in r.getMessage()]
+  assert len(warned) == 2, caplog.text  # one per member (seed)
+  assert "linear seed 0" in warned[0] and "diverged" in warned[0]
+
+
 def test_old_workdir_without_format_marker_is_refused(tmp_path):
   cfg = config_lib.from_configdict(toy_config())
   with open(os.path.join(tmp_path, "config.json"), "w") as f:

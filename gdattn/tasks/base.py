@@ -13,6 +13,7 @@ Data flow of one run:
   evaluation:  task.predict(model, chunk) on chunks of a split, concatenated
                on the leading axis, then task.metrics(outputs, split_data)
   end of run:  task.summary(datasets) -> references reported beside results
+               task.notes(cfg) (optional) -> caveats printed after them
 
 Batches are pytrees whose leaves share a leading example axis (contexts for
 in-context learning, sequences for language modelling).

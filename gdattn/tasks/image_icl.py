@@ -33,30 +33,60 @@ DATASETS = ("fashion_mnist", "digits", "glyphs", "feature_store")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """config.data of the image_icl task (defaults: Fashion-MNIST, PCA-64)."""
-  dataset: str = "fashion_mnist"    # DATASETS or "tfds:<name>"
-  data_dir: str | None = None       # dataset folder; the .npz for feature_store
-  cache_dir: str | None = None      # glyph / CNN caches (default ~/.cache)
-  features: str = "pca"             # raw | pca | cnn | store
+  """config.data of the image_icl task (defaults: Fashion-MNIST, PCA-64).
+
+  Attributes:
+    dataset: one of DATASETS or "tfds:<name>".
+    data_dir: dataset folder; the .npz of features for "feature_store".
+    cache_dir: folder of the glyph / CNN caches (None = ~/.cache).
+    features: "raw" pixels, "pca", a small "cnn", or "store"d features.
+    pca_dim: output dimension of "pca".
+    centre: subtract the training mean (raw / cnn / store).
+    l2: L2-normalise the features last.
+    cnn_epochs: training epochs of the "cnn" feature extractor.
+    cnn_feature_dim: output dimension of the "cnn" features.
+    ways: W, classes per context.
+    shots: S, examples per class in a context; N = W * S.
+    num_queries: T, query images per context.
+    split: "same_classes" (images split) or "held_out_classes" (test
+      contexts use classes never trained on).
+    held_out_fraction: fraction of the classes held out
+      ("held_out_classes").
+    eval_fraction: held-out images when the dataset has no official split.
+    num_train: L, fixed training contexts.
+    num_val: fixed validation contexts (model selection).
+    num_test: fixed test contexts.
+    fresh_contexts: draw new training contexts every step instead.
+    steps_per_epoch: updates per epoch with fresh_contexts.
+    glyph_classes: classes of the offline "glyphs" dataset.
+    glyph_images_per_class: images per class of "glyphs".
+    image_size: resize TFDS images to this side (None = as stored).
+    seed: the splits, the feature extractor and the contexts.
+  """
+
+  dataset: str = "fashion_mnist"
+  data_dir: str | None = None
+  cache_dir: str | None = None
+  features: str = "pca"
   pca_dim: int = 64
-  centre: bool = True               # subtract the training mean (raw/cnn/store)
-  l2: bool = False                  # L2-normalise features last
+  centre: bool = True
+  l2: bool = False
   cnn_epochs: int = 1
   cnn_feature_dim: int = 64
-  ways: int = 5                     # W
-  shots: int = 10                   # S; N = W * S
-  num_queries: int = 1              # T
-  split: str = "same_classes"       # same_classes | held_out_classes
-  held_out_fraction: float = 0.1    # of the classes ("held_out_classes")
-  eval_fraction: float = 0.3        # held-out images without an official split
-  num_train: int = 2048             # L fixed train contexts
+  ways: int = 5
+  shots: int = 10
+  num_queries: int = 1
+  split: str = "same_classes"
+  held_out_fraction: float = 0.1
+  eval_fraction: float = 0.3
+  num_train: int = 2048
   num_val: int = 2048
   num_test: int = 2048
-  fresh_contexts: bool = False      # new train contexts every step
-  steps_per_epoch: int = 4          # with fresh_contexts
+  fresh_contexts: bool = False
+  steps_per_epoch: int = 4
   glyph_classes: int = 1000
   glyph_images_per_class: int = 20
-  image_size: int | None = None     # resize TFDS images
+  image_size: int | None = None
   seed: int = 0
 
 

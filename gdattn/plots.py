@@ -1,0 +1,185 @@
+"""The reproduction's sweep figures: one code path for scripts and notebooks.
+
+A sweep record is one trained (model, K, L, draw, protocol) with its members'
+test metrics and the draw's Bayes reference (`sweep_record`); `aggregate`
+groups records of like runs only (same protocol, mode, model, K and L) into
+mean ± std rows; `plot_sweep` draws test accuracy against K or L with error
+bars and the paper's numbers. experiments/reproduce_layers.py and
+reproduce_data_size.py write layers.png / data_size.png with it, and
+notebooks/03_paper_figures.ipynb draws its live sweep with it.
+
+References: arXiv:2405.17248 (the paper's layer and training-set tables).
+"""
+
+from typing import Any
+
+import numpy as np
+
+# The paper's numbers (authors' one draw, mean over 5 seeds, 5000 epochs):
+# test accuracy / NLL for K = 1..6 at L = 2048, and accuracy against L at K = 2.
+PAPER_LAYERS = {
+    "gd": {"accuracy": [0.702, 0.718, 0.729, 0.731, 0.728, 0.727],
+           "nll": [1.058, 0.971, 0.943, 0.924, 0.916, 0.921]},
+    "trained_tf": {"accuracy": [0.575, 0.524, 0.474, 0.480, 0.481, 0.483],
+                   "nll": [1.520, 1.743, 1.848, 1.847, 1.845, 1.838]},
+}
+PAPER_DATA_SIZE = {
+    "L": [2048, 4096, 8192, 12288, 16384, 20480, 24576, 32768],
+    "gd": [0.718, 0.723, 0.718, 0.723, 0.722, 0.724, 0.719, 0.727],
+    "trained_tf": [0.524, 0.609, 0.670, 0.687, 0.700, 0.704, 0.712, 0.720],
+}
+MODEL_LABEL = {"gd": "GD", "trained_tf": "Trained TF"}
+_COLORS = {"gd": "tab:blue", "trained_tf": "tab:red"}
+
+
+def sweep_record(results: dict[str, Any], *, mode: str, model: str, k: int,
+                 l: int, data_seed: int, protocol: str, epochs: int,
+                 learning_rate: float, wall_s: float = 0.0) -> dict[str, Any]:
+  """One run of a sweep from a model's results (gdattn.train results)."""
+  if mode not in ("draws", "seeds"):
+    raise ValueError(f"mode must be 'draws' or 'seeds', got {mode!r}")
+  return {"mode": mode, "model": model, "K": k, "L": l,
+          "data_seed": data_seed, "protocol": protocol, "epochs": epochs,
+          "learning_rate": learning_rate, "members": results["members"],
+          "bayes": results["bayes"], "wall_s": wall_s}
+
+
+def aggregate(records: dict[str, dict[str, Any]], xkey: str
+              ) -> list[dict[str, Any]]:
+  """Like runs (protocol, mode, model, K, L) -> mean/std of test metrics.
+
+  draws mode: statistics over draws (each draw: the mean over its members);
+  seeds mode: statistics over the members of the one fixed draw. Runs of
+  different protocols or modes are never pooled.
+  """
+  if xkey not in ("K", "L"):
+    raise ValueError(f"xkey must be 'K' or 'L', got {xkey!r}")
+  groups = {}
+  for r in records.values():
+    if "error" in r:
+      continue
+    groups.setdefault((r["protocol"], r["mode"], r["model"], r["K"], r["L"]),
+                      []).append(r)
+  rows = []
+  for (protocol, mode, model, k, l), rs in sorted(groups.items()):
+    if mode == "draws":
+      units = [(np.mean([m["test_accuracy"] for m in r["members"]]),
+                np.mean([m["test_nll"] for m in r["members"]]),
+                r["bayes"]["bayes_max_prob"]) for r in rs]
+    else:
+      units = [(m["test_accuracy"], m["test_nll"], r["bayes"]["bayes_max_prob"])
+               for r in rs for m in r["members"]]
+    acc, nll, bayes = (np.asarray(u) for u in zip(*units))
+    rows.append({
+        "protocol": protocol, "mode": mode, "model": model,
+        "x": k if xkey == "K" else l, "K": k, "L": l, "n": len(units),
+        "acc_units": acc.tolist(), "acc_mean": acc.mean(),
+        "acc_std": acc.std(), "nll_mean": nll.mean(), "nll_std": nll.std(),
+        "rel_mean": (acc / bayes).mean(), "rel_std": (acc / bayes).std(),
+        "bayes_mean": bayes.mean(), "bayes_std": bayes.std(),
+        "draws": sorted({r["data_seed"] for r in rs}),
+        "epochs": rs[0]["epochs"],
+        "lr": sorted({r["learning_rate"] for r in rs}),
+        "best_epochs": sorted({m["best_epoch"] for r in rs
+                               for m in r["members"]}),
+        "wall_s": sum(r.get("wall_s", 0.0) for r in rs),
+    })
+  return rows
+
+
+def paper_value(model: str, xkey: str, x: int, metric: str = "accuracy",
+                k: int | None = None, l: int | None = None) -> float | None:
+  """The paper's number at this point (None where it reports none)."""
+  if (xkey == "K" and l != 2048) or (xkey == "L" and k != 2):
+    return None
+  if xkey == "K":
+    vals = PAPER_LAYERS.get(model, {}).get(metric, [])
+    return vals[x - 1] if 1 <= x <= len(vals) else None
+  if metric != "accuracy" or x not in PAPER_DATA_SIZE["L"] or (
+      model not in PAPER_DATA_SIZE):
+    return None
+  return PAPER_DATA_SIZE[model][PAPER_DATA_SIZE["L"].index(x)]
+
+
+def headline_series(rows: list[dict[str, Any]]
+                    ) -> dict[str, list[dict[str, Any]]]:
+  """Per model, the rows of the one series the figure draws.
+
+  Preference: draws mode (its error bars are the spread over draws), then
+  the protocol covering the most x values, then the most epochs. A series of
+  a single x value is not drawn (it stays in the tables).
+  """
+  series = {}
+  for r in rows:
+    series.setdefault((r["model"], r["mode"], r["protocol"]), []).append(r)
+  best = {}
+  for (model, mode, _), rs in series.items():
+    if len(rs) < 2:
+      continue
+    score = (mode == "draws", len(rs), rs[0]["epochs"])
+    if model not in best or score > best[model][0]:
+      best[model] = (score, sorted(rs, key=lambda r: r["x"]))
+  return {model: rs for model, (_, rs) in sorted(best.items())}
+
+
+def _span(values: list[int]) -> str:
+  lo, hi = min(values), max(values)
+  return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
+               title: str = "", ax: Any = None) -> Any:
+  """Test accuracy against K or L: ours (mean ± std) and the paper's stars.
+
+  One series per model (`headline_series`); the legend sits below the axes.
+  Saves a PNG when `path` is given; returns the matplotlib Figure.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  if path is not None and ax is None:
+    matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+
+  if ax is None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+  else:
+    fig = ax.figure
+  shown = headline_series(rows)
+  for model, rs in shown.items():
+    color = _COLORS.get(model)
+    unit = "draw" if rs[0]["mode"] == "draws" else "seed"
+    ns = _span([r["n"] for r in rs])
+    unit += "" if ns == "1" else "s"
+    ax.errorbar([r["x"] for r in rs], [r["acc_mean"] for r in rs],
+                yerr=[r["acc_std"] for r in rs], color=color, marker="o",
+                ms=5, capsize=3,
+                label=f"{MODEL_LABEL.get(model, model)}, ours: {rs[0]['epochs']}"
+                f" epochs, mean ± std over {ns} {unit}")
+  for model in shown:
+    if model not in PAPER_LAYERS:
+      continue
+    if xkey == "K":
+      px, py = np.arange(1, 7), PAPER_LAYERS[model]["accuracy"]
+    else:
+      px, py = PAPER_DATA_SIZE["L"], PAPER_DATA_SIZE[model]
+    ax.plot(px, py, ls=":", marker="*", ms=11, color=_COLORS.get(model),
+            markeredgecolor="k",
+            label=f"{MODEL_LABEL.get(model, model)}, paper: 5000 epochs,"
+            " 5 seeds")
+  if xkey == "L":
+    ax.set_xscale("log", base=2)
+  else:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlabel("K (layers = GD steps)" if xkey == "K"
+                else "L (training contexts)")
+  ax.set_ylabel("test accuracy (at the best validation NLL)")
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+            ncol=1, frameon=False)
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+  return fig

@@ -1,0 +1,29 @@
+"""Static checks of the notebooks (pytest --nbmake executes them)."""
+
+import json
+import os
+import re
+
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "notebooks")
+
+
+def _code(name):
+  with open(os.path.join(NOTEBOOKS, name), encoding="utf-8") as f:
+    nb = json.load(f)
+  return nb, "\n".join("".join(c["source"]) for c in nb["cells"]
+                       if c["cell_type"] == "code")
+
+
+def test_paper_figures_use_the_package_only_and_keep_their_figure():
+  nb, code = _code("03_paper_figures.ipynb")
+  # Nothing from the checkout: no experiments package, no results files.
+  assert not re.search(r"^\s*(from|import)\s+experiments\b", code, re.M)
+  assert "open(" not in code and "experiments/results" not in code
+  # The scripts' own plotting code draws it, with the paper's reference.
+  assert "plots.plot_sweep(" in code and "plots.aggregate(" in code
+  assert "paper_value(" in code
+  # Executed and saved: a reader sees the figure without running it.
+  outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+  assert any("image/png" in o.get("data", {}) for o in outputs)
+  assert not any(o.get("output_type") == "error" for o in outputs)

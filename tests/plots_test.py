@@ -1,0 +1,67 @@
+"""The sweep figures: like runs only, one series per model, a clean legend."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from gdattn import plots  # noqa: E402
+
+
+def _record(model, k, seed, acc, protocol="e150", mode="draws", epochs=150):
+  return plots.sweep_record(
+      {"members": [{"test_accuracy": acc, "test_nll": 1.0, "best_epoch": 10}],
+       "bayes": {"bayes_max_prob": 0.75}},
+      mode=mode, model=model, k=k, l=2048, data_seed=seed, protocol=protocol,
+      epochs=epochs, learning_rate=0.01)
+
+
+def _records():
+  recs = [_record("gd", k, s, 0.6 + 0.01 * k + 0.01 * s)
+          for k in (1, 2, 3) for s in (0, 1)]
+  recs.append(_record("gd", 1, 0, 0.1, protocol="e10", epochs=10))  # unlike
+  recs += [_record("trained_tf", k, 0, 0.5) for k in (1, 2)]
+  recs.append(_record("trained_tf", 3, 0, 0.2, protocol="e5", epochs=5))
+  return {str(i): r for i, r in enumerate(recs)}
+
+
+def test_aggregate_never_pools_unlike_runs():
+  rows = plots.aggregate(_records(), "K")
+  gd_k1 = [r for r in rows if r["model"] == "gd" and r["K"] == 1]
+  assert sorted((r["protocol"], r["n"]) for r in gd_k1) == [("e10", 1),
+                                                          ("e150", 2)]
+  e150 = next(r for r in gd_k1 if r["protocol"] == "e150")
+  assert e150["acc_mean"] == pytest.approx(0.615)
+
+
+def test_headline_series_drops_single_points_and_short_protocols():
+  shown = plots.headline_series(plots.aggregate(_records(), "K"))
+  assert [r["x"] for r in shown["gd"]] == [1, 2, 3]
+  assert {r["protocol"] for r in shown["gd"]} == {"e150"}
+  assert [r["x"] for r in shown["trained_tf"]] == [1, 2]  # not the e5 point
+
+
+def test_plot_sweep_labels_ticks_and_legend(tmp_path):
+  path = tmp_path / "layers.png"
+  fig = plots.plot_sweep(plots.aggregate(_records(), "K"), "K")
+  ax = fig.axes[0]
+  labels = ax.get_legend_handles_labels()[1]
+  assert len(labels) == 4 and all(len(label) < 70 for label in labels)
+  assert not any("e150" in label for label in labels)  # no internal tags
+  assert "GD, paper: 5000 epochs, 5 seeds" in labels
+  assert all(float(t).is_integer() for t in ax.get_xticks())
+  assert ax.get_xlabel() and ax.get_ylabel()
+  # The legend sits below the axes, off the data.
+  fig.canvas.draw()
+  legend = ax.get_legend().get_window_extent()
+  assert legend.y1 <= ax.get_window_extent().y0
+  plots.plot_sweep(plots.aggregate(_records(), "K"), "K", str(path))
+  assert path.stat().st_size > 0
+
+
+def test_bad_arguments_are_named():
+  with pytest.raises(ValueError, match="xkey"):
+    plots.aggregate({}, "N")
+  with pytest.raises(ValueError, match="mode"):
+    _record("gd", 1, 0, 0.5, mode="both")
