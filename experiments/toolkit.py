@@ -4,6 +4,7 @@ Scripts never import each other; everything two of them need lives here:
 
   synthetic_config   one builder for every synthetic run (on top of the
                      packaged gdattn.configs.synthetic variants);
+  task_config        the same for any packaged task ("language:smoke");
   train_in           the library loop `gdattn.train.train` in a workdir under
                      --runs_dir named by the config (same command: resumes;
                      another config: another workdir);
@@ -16,6 +17,7 @@ Scripts never import each other; everything two of them need lives here:
 """
 
 import hashlib
+import importlib
 import json
 import os
 import shlex
@@ -72,6 +74,31 @@ def synthetic_config(variant: str = "paper", layers: int = 1,
     The ExperimentConfig (every field checked before any compute).
   """
   c = synthetic_configs.get_config(f"{variant},layers={layers}")
+  c.train.progress = False
+  _override(c, overrides, "")
+  return config_lib.from_configdict(c)
+
+
+def task_config(config: str, **overrides: Any) -> config_lib.ExperimentConfig:
+  """A validated config of any packaged task: a variant plus overrides.
+
+  Args:
+    config: "<module>[:<variant>]" of gdattn.configs, e.g. "language" (its
+      default variant) or "language:smoke".
+    **overrides: as in synthetic_config (top-level fields, sections as
+      dicts; an unknown field raises ValueError). Progress bars are off
+      unless train=dict(progress=True).
+
+  Returns:
+    The ExperimentConfig.
+  """
+  module, _, variant = config.partition(":")
+  try:
+    configs = importlib.import_module(f"gdattn.configs.{module}")
+  except ModuleNotFoundError as e:
+    raise ValueError(f"config must name a module of gdattn.configs, got"
+                     f" {config!r}") from e
+  c = configs.get_config(variant)
   c.train.progress = False
   _override(c, overrides, "")
   return config_lib.from_configdict(c)

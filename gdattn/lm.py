@@ -187,16 +187,21 @@ class _GDBlocks(nnx.Module):
   def after_step(self, k, f):
     return f if self.mlps is None else f + self.mlps[k](f)
 
-  def __call__(self, att, emb_BxSxE, w_VxE):
-    """f at all P slots after K steps. att: [H, S, S] or [B, H, S, S]."""
+  def __call__(self, att, emb_BxSxE, w_VxE, *, all_steps: bool = False):
+    """f at all P slots after K steps. att: [H, S, S] or [B, H, S, S].
+
+    With all_steps, f before the first step and after each: [K + 1, B, P, E].
+    """
     b, s, e = emb_BxSxE.shape
     chunk = self.cfg.vocab_chunk_size
     f_BxPxE = jnp.zeros((b, s + 1, e), emb_BxSxE.dtype)
+    steps = [f_BxPxE]
     for k in range(self.cfg.num_layers):  # K is small and static
       value_BxSxE = emb_BxSxE - lm_ops.expected_embedding(f_BxPxE[:, :s], w_VxE, chunk)
       upd_BxSxE = _drop(self.drop, self.merge(k, _apply_heads(att, value_BxSxE)))
       f_BxPxE = self.after_step(k, f_BxPxE + jnp.pad(upd_BxSxE, ((0, 0), (1, 0), (0, 0))))
-    return f_BxPxE
+      steps.append(f_BxPxE)
+    return jnp.stack(steps) if all_steps else f_BxPxE
 
 
 def _apply_heads(att, value_BxSxE):
@@ -362,3 +367,37 @@ def param_counts(model: nnx.Module) -> dict[str, Any]:
   num_layers = model.cfg.num_layers
   return {"total": total, "embedding": embedding, "non_embedding": non_embedding,
           "per_layer": per_layer, "shared": non_embedding - num_layers * per_layer}
+
+
+def step_values(model: GDLanguageModel, tokens_BxS) -> jax.Array:
+  """f_k at every slot before the first step and after each: [K + 1, B, P, E].
+
+  Row j of step k is f_k(x_j), the function E is applied to in step k + 1.
+  """
+  if not isinstance(model, GDLanguageModel):
+    raise TypeError(
+        f"model must be a GDLanguageModel, got {type(model).__name__}")
+  s = _check_tokens(tokens_BxS, model.cfg)
+  w_VxE = model.tok.token_embedding()
+  att_HxSxS = model.gd.weights(model.covariates(s + 1))
+  return model.gd(att_HxSxS, w_VxE[tokens_BxS], w_VxE, all_steps=True)
+
+
+def embedding_gap(model: GDLanguageModel, tokens_BxS) -> dict[str, jax.Array]:
+  """How far E(f_k) is from the mean token embedding, per GD step.
+
+  The mean over the context slots 0..S-1 of `lm_ops.embedding_gap` at
+  f_1..f_K (f_0 = 0 gives the mean embedding exactly; E(f_k) for k < K
+  enters step k + 1, E(f_K) is what one more step would use).
+
+  Args:
+    model: a GDLanguageModel.
+    tokens_BxS: int tokens, S <= context_length.
+
+  Returns:
+    "relative", "scaled" and "cosine" (see lm_ops.embedding_gap), each [K].
+  """
+  f_KxBxPxE = step_values(model, tokens_BxS)[1:, :, :-1]
+  gap = lm_ops.embedding_gap(f_KxBxPxE, model.tok.token_embedding(),
+                             model.cfg.vocab_chunk_size)
+  return {k: jnp.mean(v, axis=(1, 2)) for k, v in gap.items()}

@@ -89,6 +89,39 @@ def expected_embedding(f_NxE: ArrayLike, w_VxE: ArrayLike,
   return acc / l[..., None]
 
 
+def embedding_gap(f_NxE: ArrayLike, w_VxE: ArrayLike,
+                  chunk_size: int | None = None) -> dict[str, jax.Array]:
+  """How far E(f) is from the mean embedding, row-wise.
+
+  With uniform logits (f orthogonal to every w_v, e.g. f = 0) E(f) is
+  exactly the vocabulary's mean embedding m = mean_v w_v; a trained model
+  whose E stays near m could replace E by a constant.
+
+  Args:
+    f_NxE: function values (any leading dims).
+    w_VxE: embeddings of the vocabulary (those used in E).
+    chunk_size: as in `expected_embedding`.
+
+  Returns:
+    With the leading dims of f: "relative" ||E(f) - m|| / ||m||, "scaled"
+    ||E(f) - m|| / rms_v ||w_v|| (meaningful when m is near 0) and
+    "cosine" cos(E(f), m).
+
+  References: arXiv:2405.17248, section 5.
+  """
+  w_VxE = jnp.asarray(w_VxE)
+  if w_VxE.ndim != 2:
+    raise ValueError(f"w_VxE must be [V, E], got shape {w_VxE.shape}")
+  e_NxE = expected_embedding(f_NxE, w_VxE, chunk_size)
+  m_E = jnp.mean(w_VxE, axis=0)
+  m_norm = jnp.linalg.norm(m_E)
+  gap = jnp.linalg.norm(e_NxE - m_E, axis=-1)
+  rms = jnp.sqrt(jnp.mean(jnp.sum(w_VxE ** 2, axis=-1)))
+  cosine = (e_NxE @ m_E) / jnp.maximum(
+      jnp.linalg.norm(e_NxE, axis=-1) * m_norm, jnp.finfo(e_NxE.dtype).tiny)
+  return {"relative": gap / m_norm, "scaled": gap / rms, "cosine": cosine}
+
+
 def token_nll(h_NxE: ArrayLike, w_VxE: ArrayLike, targets_N: ArrayLike,
               chunk_size: int | None = None) -> jax.Array:
   """Per-token cross-entropy -log softmax(W h)[target], optionally chunked.

