@@ -94,13 +94,19 @@ def block(
     num_context: int,
     kernel: str,
     kernel_scale: ArrayLike,
+    queries_only: bool = False,
 ) -> jax.Array:
-  """One block: z += self_attention(z); z += cross_attention(z, memory)."""
-  z_SxM = z_SxM + self_attention(
-      params["self"], z_SxM, num_context=num_context, kernel=kernel,
-      kernel_scale=kernel_scale,
-  )
-  return z_SxM + cross_attention(params["cross"], z_SxM, memory_CxE)
+  """One block: z += self_attention(z); z += cross_attention(z, memory).
+
+  Returns [S, M]; with `queries_only`, only the T = S - num_context query
+  rows, [T, M], computed without the context rows' work (what a read-out
+  needs from the last block).
+  """
+  z_RxM = z_SxM[num_context:] if queries_only else z_SxM
+  z_RxM = z_RxM + _self_attention_rows(
+      params["self"], z_RxM, z_SxM[:num_context], kernel=kernel,
+      kernel_scale=kernel_scale)
+  return z_RxM + cross_attention(params["cross"], z_RxM, memory_CxE)
 
 
 def attention_stack(
@@ -159,8 +165,5 @@ def attention_stack_readout(
                  kernel=kernel, kernel_scale=kernel_scale), None
 
   z_SxM, _ = jax.lax.scan(step, z_SxM, first)
-  z_query_TxM = z_SxM[num_context:]
-  z_query_TxM = z_query_TxM + _self_attention_rows(
-      last["self"], z_query_TxM, z_SxM[:num_context], kernel=kernel,
-      kernel_scale=kernel_scale)
-  return z_query_TxM + cross_attention(last["cross"], z_query_TxM, memory_CxE)
+  return block(last, z_SxM, memory_CxE, num_context=num_context,
+               kernel=kernel, kernel_scale=kernel_scale, queries_only=True)
