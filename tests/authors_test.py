@@ -143,6 +143,36 @@ def test_the_flag_matters():
   assert not np.allclose(other.T, np.asarray(authors.authors_w_data()))
 
 
+def test_training_set_size_draws_split_of_l_keys():
+  # Their training-set sweep: L contexts from split(train key, L), a set of
+  # its own rather than the first L of the 2048 (threefry's split depends on
+  # the count). Recomputed here from the key path alone.
+  num = 4
+  _, ctx = authors.authors_high_dim("train", num)
+  assert ctx.x_ctx.shape == (num, authors.NUM_CONTEXT_POINTS, authors.INPUT_DIM)
+  previous = jax.config.jax_threefry_partitionable
+  try:
+    jax.config.update("jax_threefry_partitionable", False)
+    train_key = jax.random.split(jax.random.PRNGKey(authors.ROOT_SEED), 4)[2]
+    keys = jax.random.split(train_key, num)
+    k_x = [jax.random.split(k, 7)[1] for k in keys]
+    want = np.stack([np.asarray(jax.random.uniform(
+        k, (authors.NUM_CONTEXT_POINTS, authors.INPUT_DIM), minval=-1.0,
+        maxval=1.0)) for k in k_x])
+  finally:
+    jax.config.update("jax_threefry_partitionable", previous)
+  chex.assert_trees_all_close(np.asarray(ctx.x_ctx), want, atol=VALUE_ATOL,
+                              rtol=0)
+  full = np.asarray(authors.authors_high_dim("train")[1].x_ctx[:num])
+  assert not np.allclose(np.asarray(ctx.x_ctx), full)
+
+
+@pytest.mark.parametrize("num", [0, -1, 2.0, True, None])
+def test_bad_num_contexts(num):
+  with pytest.raises(ValueError, match="num_contexts must be an int >= 1"):
+    authors.authors_high_dim("train", num)
+
+
 @pytest.mark.parametrize("split", ["eval", "TEST", None])
 def test_bad_split(split):
   with pytest.raises(ValueError, match="split must be one of"):
@@ -152,3 +182,29 @@ def test_bad_split(split):
 def test_exports():
   assert "authors_high_dim" in authors.AUTHORS_DATASETS
   assert synthetic.authors_high_dim is authors.authors_high_dim
+
+
+def _authors_config(**data):
+  from gdattn import config as config_lib  # pylint: disable=g-import-not-at-top
+  from gdattn.configs import synthetic as synthetic_configs  # pylint: disable=g-import-not-at-top
+  c = synthetic_configs.get_config("paper")
+  c.data.name = "authors_high_dim"
+  for field, value in data.items():
+    setattr(c.data, field, value)
+  return config_lib.from_configdict(c)
+
+
+def test_task_varies_only_the_training_split():
+  from gdattn.tasks import synthetic as synthetic_task  # pylint: disable=g-import-not-at-top
+  cfg = _authors_config(num_train=512)
+  data = synthetic_task.make_contexts(cfg.data)
+  assert data["train"].x_ctx.shape[0] == 512
+  for split in ("val", "test"):
+    assert data[split] is authors.authors_high_dim(split, authors.NUM_CONTEXTS)[1]
+
+
+@pytest.mark.parametrize("field,value", [("num_val", 100), ("num_test", 4096),
+                                         ("num_classes", 10), ("num_train", 0)])
+def test_task_refuses_other_settings(field, value):
+  with pytest.raises(ValueError, match=f"data.{field}"):
+    _authors_config(**{field: value})

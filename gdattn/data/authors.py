@@ -17,7 +17,9 @@ What has to match their code, and why this is not `synthetic.high_dim`:
     through sqrt and back, as they compute them;
   * legacy uint32 keys, float32 and `jax_threefry_partitionable = False`,
     the default of the JAX they ran; with the newer default every draw
-    differs. Both flags are set only while drawing and then restored.
+    differs. Both flags are set only while drawing and then restored;
+  * their training-set sweep keeps val / test at 2048 and draws L training
+    contexts from split(train key, L): `num_contexts`.
 
 Dimensions: B contexts, N context points, D input dim, C classes, E
 embedding dim, J active classes. Reference: arXiv:2405.17248.
@@ -114,9 +116,10 @@ def _one_context(key: jax.Array, w_data_ExC: jax.Array) -> dict:
       active_classes=classes_J)
 
 
-@jax.jit
-def _draw(split_key: jax.Array, w_data_ExC: jax.Array) -> dict:
-  keys = jax.random.split(split_key, NUM_CONTEXTS)
+@functools.partial(jax.jit, static_argnums=2)
+def _draw(split_key: jax.Array, w_data_ExC: jax.Array,
+          num_contexts: int) -> dict:
+  keys = jax.random.split(split_key, num_contexts)
   return jax.vmap(_one_context, in_axes=(0, None))(keys, w_data_ExC)
 
 
@@ -133,30 +136,40 @@ def authors_w_data() -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def authors_high_dim(split: str) -> tuple[jax.Array, Contexts]:
-  """One split of the authors' high_dim draw: 2048 contexts, value for value.
+def authors_high_dim(split: str, num_contexts: int = NUM_CONTEXTS
+                     ) -> tuple[jax.Array, Contexts]:
+  """One split of the authors' high_dim draw, value for value.
 
   C = 25 classes, D = 10, E = 5, N = 125 context points, one query, J = 5
   active classes, bump 0.1 at the nearest other centre, lambda = 10, inputs
-  U(-1, 1). Deterministic, hence cached per split (the arrays are immutable).
-  Always float32, whatever jax_enable_x64 says, as they drew it.
+  U(-1, 1). Deterministic, hence cached per (split, num_contexts) (the
+  arrays are immutable). Always float32, whatever jax_enable_x64 says, as
+  they drew it.
 
   Args:
     split: 'train', 'val' or 'test'.
+    num_contexts: B, the split's number of contexts; their evaluation
+      always draws 2048, and their training-set sweep draws its L training
+      contexts as split(train key, L), so a different L gives a different
+      set of contexts, not a prefix of the 2048.
 
   Returns:
     (w_data_CxE, contexts): the shared class embeddings [25, 5] (rows =
-    classes) and a `Contexts` of B = 2048 with probabilities and active
+    classes) and a `Contexts` of B contexts with probabilities and active
     classes filled.
 
   References: arXiv:2405.17248 (synthetic experiments).
   """
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if (isinstance(num_contexts, bool) or not isinstance(num_contexts, int)
+      or num_contexts < 1):
+    raise ValueError(
+        f"num_contexts must be an int >= 1, got {num_contexts!r}")
   with _authors_rng_mode():
     keys = _split_keys()
     w_data_ExC = _w_data_ExC(keys["w"])
-    d = _draw(keys[split], w_data_ExC)
+    d = _draw(keys[split], w_data_ExC, num_contexts)
     # Materialise inside the flags' scope (dispatch is asynchronous).
     d, w_data_ExC = jax.block_until_ready((d, w_data_ExC))
   int32 = lambda a: a.astype(jnp.int32)

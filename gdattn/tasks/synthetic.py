@@ -73,7 +73,10 @@ class DataConfig:
 def make_contexts(cfg: DataConfig) -> dict[str, synthetic.Contexts]:
   """The fixed train/val/test contexts of one draw (key = cfg.seed)."""
   if cfg.name in authors.AUTHORS_DATASETS:
-    return {split: authors.authors_high_dim(split)[1]
+    # Their training-set sweep varies only the training split's size.
+    sizes = {"train": cfg.num_train, "val": authors.NUM_CONTEXTS,
+             "test": authors.NUM_CONTEXTS}
+    return {split: authors.authors_high_dim(split, sizes[split])[1]
             for split in authors.SPLITS}
   # One compiled program: eager vmapped generators would compile per primitive.
   return jax.jit(_make_contexts, static_argnums=0)(cfg, jax.random.key(cfg.seed))
@@ -121,13 +124,13 @@ class SyntheticTask:
                    input_dim=authors.INPUT_DIM,
                    num_context_points=authors.NUM_CONTEXT_POINTS,
                    num_queries=1, num_active_classes=authors.NUM_ACTIVE_CLASSES,
-                   amplitude=authors.AMPLITUDE, num_train=authors.NUM_CONTEXTS,
-                   num_val=authors.NUM_CONTEXTS, num_test=authors.NUM_CONTEXTS,
-                   test_name=None)
+                   amplitude=authors.AMPLITUDE, num_val=authors.NUM_CONTEXTS,
+                   num_test=authors.NUM_CONTEXTS, test_name=None)
       for field, value in fixed.items():
         req(getattr(d, field) == value, f"data.{field}",
             f"{value!r} with data.name={d.name!r} (the authors' draw)",
             getattr(d, field))
+      req(d.num_train >= 1, "data.num_train", ">= 1", d.num_train)
       models.validate_icl_config(m, req)
       return
     for field in ("name", "test_name"):
