@@ -18,6 +18,10 @@ experiments/results/data_size.md for what was cut and every wall time):
         --train_sizes=2048,4096,8192,16384,32768 --modes=draws --draws=0 \
         --epochs=100 --eval_every=10 --gd_lr=1e-2                      # ~10 min
 
+On the authors' own draw (their L training contexts, split(train key, L);
+their val / test sets), which is what the paper's numbers were measured on:
+    python -m experiments.reproduce_data_size --models=gd --modes=authors \
+        --num_seeds=2 --members_per_step=1 --train_sizes=4096,8192
 Same modes, flags and outputs as experiments/reproduce_layers.py (see there;
 both are experiments/toolkit.py `sweep`):
 experiments/results/data_size.json (raw per-run numbers, merged as each run

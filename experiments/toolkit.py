@@ -234,7 +234,10 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
   f = types.SimpleNamespace()
   f.xs = flags.DEFINE_list(xs_name, xs_default, xs_help)
   f.models = flags.DEFINE_list("models", ["gd", "trained_tf"], "Models to train.")
-  f.modes = flags.DEFINE_list("modes", ["draws", "seeds"], "'draws' and/or 'seeds'.")
+  f.modes = flags.DEFINE_list(
+      "modes", ["draws", "seeds"], "Any of 'draws' (one seed per data.seed"
+      " of --draws), 'seeds' (--num_seeds init seeds on --fixed_draw) and"
+      " 'authors' (--num_seeds init seeds on the authors' own draw).")
   f.draws = flags.DEFINE_list("draws", ["0", "1", "2", "3", "4"],
                               "data.seed values of the draws mode.")
   f.fixed_draw = flags.DEFINE_integer("fixed_draw", 5, "data.seed of the seeds mode.")
@@ -274,11 +277,14 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
   tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model)
   key = f"{mode}/{model}/K{num_layers}/L{num_train}/draw{data_seed}/{tag}"
   lr = gd_lr if model == "gd" else tf_lr
+  # The authors' draw is fixed by their keys; data.seed does not enter it.
+  data = (dict(name="authors_high_dim", num_train=num_train)
+          if mode == "authors" else dict(seed=data_seed, num_train=num_train))
   cfg = synthetic_config(
       "paper", num_layers, models=(model,), seed=0, num_seeds=num_seeds,
       # A given rate replaces the base rate; the paper's decay schedule stays.
       learning_rates=() if lr is None else (lr,),
-      data=dict(seed=data_seed, num_train=num_train),
+      data=data,
       train=dict(num_epochs=epochs, eval_every=eval_every, patience=patience,
                  members_per_step=members_per_step))  # speed only: same maths
   workdir = os.path.join(runs_dir, name, key.replace("/", "_"))
@@ -337,6 +343,7 @@ def summary_table(rows, xkey):
     p_nll = paper_value(r["model"], xkey, r["x"], "nll", k=r["K"], l=r["L"])
     diff = "—" if p_acc is None else f"{r['acc_mean'] - p_acc:+.3f}"
     n = f"{r['n']} {'draws' if r['mode'] == 'draws' else 'seeds'}"
+    n += " (authors' draw)" if r["mode"] == "authors" else ""
     be = r["best_epochs"]
     be = f"{min(be)}-{max(be)}" if len(be) > 1 else str(be[0])
     lines.append(
@@ -395,16 +402,18 @@ def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
   command = command_line()
   xs = [int(x) for x in f.xs.value]
   for mode in f.modes.value:
-    if mode not in ("draws", "seeds"):
-      raise app.UsageError(f"--modes: 'draws' or 'seeds', got {mode!r}")
+    if mode not in plots.SWEEP_MODES:
+      raise app.UsageError(
+          f"--modes: each one of {plots.SWEEP_MODES}, got {mode!r}")
   report = lambda: write_sweep_reports(f.results_dir.value, name, xkey, title,
                                        header_md)
   if not f.report_only.value:
     for model in f.models.value:
       for x in xs:
         for mode in f.modes.value:
-          draws = ([int(d) for d in f.draws.value] if mode == "draws"
-                   else [f.fixed_draw.value])
+          draws = {"draws": [int(d) for d in f.draws.value],
+                   "seeds": [f.fixed_draw.value],
+                   "authors": ["authors"]}[mode]
           for draw in draws:
             run_one(name=name, mode=mode, model=model,
                     num_layers=x if xkey == "K" else fixed_layers,

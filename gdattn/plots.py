@@ -32,12 +32,17 @@ MODEL_LABEL = {"gd": "GD", "trained_tf": "Trained TF"}
 _COLORS = {"gd": "tab:blue", "trained_tf": "tab:red"}
 
 
+# How a sweep point's runs differ: one init seed on each of several data
+# draws, several init seeds on one draw, or several on the authors' own draw.
+SWEEP_MODES = ("draws", "seeds", "authors")
+
+
 def sweep_record(results: dict[str, Any], *, mode: str, model: str, k: int,
                  l: int, data_seed: int, protocol: str, epochs: int,
                  learning_rate: float, wall_s: float = 0.0) -> dict[str, Any]:
   """One run of a sweep from a model's results (gdattn.train results)."""
-  if mode not in ("draws", "seeds"):
-    raise ValueError(f"mode must be 'draws' or 'seeds', got {mode!r}")
+  if mode not in SWEEP_MODES:
+    raise ValueError(f"mode must be one of {SWEEP_MODES}, got {mode!r}")
   return {"mode": mode, "model": model, "K": k, "L": l,
           "data_seed": data_seed, "protocol": protocol, "epochs": epochs,
           "learning_rate": learning_rate, "members": results["members"],
@@ -49,7 +54,7 @@ def aggregate(records: dict[str, dict[str, Any]], xkey: str
   """Like runs (protocol, mode, model, K, L) -> mean/std of test metrics.
 
   draws mode: statistics over draws (each draw: the mean over its members);
-  seeds mode: statistics over the members of the one fixed draw. Runs of
+  seeds and authors modes: statistics over the members of the one draw. Runs of
   different protocols or modes are never pooled.
   """
   if xkey not in ("K", "L"):
@@ -105,8 +110,10 @@ def headline_series(rows: list[dict[str, Any]]
                     ) -> dict[str, list[dict[str, Any]]]:
   """Per model, the rows of the one series the figure draws.
 
-  Preference: draws mode (its error bars are the spread over draws), then
-  the protocol covering the most x values, then the most epochs. A series of
+  Preference: authors mode (the paper's own draw, so the one series that
+  compares with its numbers point for point), then draws mode (its error
+  bars are the spread over draws), then the protocol covering the most x
+  values, then the most epochs. A series of
   a single x value is not drawn (it stays in the tables).
   """
   series = {}
@@ -116,7 +123,7 @@ def headline_series(rows: list[dict[str, Any]]
   for (model, mode, _), rs in series.items():
     if len(rs) < 2:
       continue
-    score = (mode == "draws", len(rs), rs[0]["epochs"])
+    score = (mode == "authors", mode == "draws", len(rs), rs[0]["epochs"])
     if model not in best or score > best[model][0]:
       best[model] = (score, sorted(rs, key=lambda r: r["x"]))
   return {model: rs for model, (_, rs) in sorted(best.items())}
@@ -154,7 +161,8 @@ def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
                 yerr=[r["acc_std"] for r in rs], color=color, marker="o",
                 ms=5, capsize=3,
                 label=f"{MODEL_LABEL.get(model, model)}, ours: {rs[0]['epochs']}"
-                f" epochs, mean ± std over {ns} {unit}")
+                f" epochs, mean ± std over {ns} {unit}"
+                + (", authors' draw" if rs[0]["mode"] == "authors" else ""))
   for model in shown:
     if model not in PAPER_LAYERS:
       continue

@@ -42,6 +42,28 @@ def test_headline_series_drops_single_points_and_short_protocols():
   assert [r["x"] for r in shown["trained_tf"]] == [1, 2]  # not the e5 point
 
 
+def test_authors_mode_pools_members_and_leads_the_figure():
+  recs = _records()
+  for k in (1, 2):
+    r = _record("gd", k, "authors", 0.7, mode="authors", epochs=5000,
+                protocol="paper")
+    r["members"] = r["members"] * 2  # two init seeds on the one draw
+    recs[f"a{k}"] = r
+  rows = plots.aggregate(recs, "K")
+  authors = [r for r in rows if r["mode"] == "authors"]
+  assert [(r["K"], r["n"]) for r in authors] == [(1, 2), (2, 2)]
+  # Fewer points than the draws series, but the paper's own draw wins.
+  shown = plots.headline_series(rows)
+  assert {r["mode"] for r in shown["gd"]} == {"authors"}
+  labels = plots.plot_sweep(rows, "K").axes[0].get_legend_handles_labels()[1]
+  assert any("authors' draw" in label and len(label) < 70 for label in labels)
+
+
+def test_sweep_record_refuses_unknown_modes():
+  with pytest.raises(ValueError, match="mode must be one of"):
+    _record("gd", 1, 0, 0.5, mode="draw")
+
+
 def test_plot_sweep_labels_ticks_and_legend(tmp_path):
   path = tmp_path / "layers.png"
   fig = plots.plot_sweep(plots.aggregate(_records(), "K"), "K")
