@@ -258,6 +258,9 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
                                       "Where <name>.json/.md/.png go.")
   f.report_only = flags.DEFINE_bool("report_only", False,
                                     "Only rewrite .md/.png from the .json.")
+  f.add_workdirs = flags.DEFINE_list(
+      "add_workdirs", [], "Finished one-model workdirs of experiments.main to"
+      " merge into the sweep's records (e.g. long runs on the authors' draw).")
   return f
 
 
@@ -320,6 +323,45 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
         flush=True)
   merge_record(path, key, record)
   return record
+
+
+def record_from_workdir(workdir, command):
+  """The sweep key and record of a finished run made elsewhere (main.py).
+
+  Only one-model runs on the paper's task qualify; the mode follows from the
+  data: the authors' draw gives 'authors', another draw 'seeds'.
+  """
+  cfg = config_lib.from_configdict(
+      load_json(os.path.join(workdir, "config.json")))
+  results_path = os.path.join(workdir, "results.json")
+  if len(cfg.models) != 1 or not os.path.exists(results_path):
+    raise app.UsageError(
+        f"--add_workdirs: {workdir} must hold a finished run of one model,"
+        f" got models={cfg.models} and results.json"
+        f" {'present' if os.path.exists(results_path) else 'missing'}")
+  model = cfg.models[0]
+  res = load_json(results_path)[model]
+  t, d = cfg.train, cfg.data
+  lr = cfg.learning_rates[0] if cfg.learning_rates else None
+  tag = protocol_tag(t.num_epochs, t.eval_every, lr if model == "gd" else None,
+                     None if model == "gd" else lr, t.patience, model)
+  mode = "authors" if d.name == "authors_high_dim" else "seeds"
+  draw = "authors" if mode == "authors" else d.seed
+  key = (f"{mode}/{model}/K{cfg.model.num_layers}/L{d.num_train}/draw{draw}"
+         f"/{tag}")
+  record = {
+      "mode": mode, "model": model, "K": cfg.model.num_layers,
+      "L": d.num_train, "data_seed": draw, "protocol": tag,
+      "init_seeds": [m["seed"] for m in res["members"]],
+      "epochs": t.num_epochs, "eval_every": t.eval_every,
+      "patience": t.patience,
+      "learning_rate": cfg.member_learning_rates(model)[0],
+      "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
+      "stopped_early": res["stopped_early"], "num_params": res["num_params"],
+      "members": res["members"], "bayes": res["bayes"], "wall_s": 0.0,
+      "resumed": True, "workdir": workdir, "command": command,
+  }
+  return key, record
 
 
 def merge_record(path, key, record):
@@ -407,6 +449,12 @@ def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
           f"--modes: each one of {plots.SWEEP_MODES}, got {mode!r}")
   report = lambda: write_sweep_reports(f.results_dir.value, name, xkey, title,
                                        header_md)
+  for workdir in f.add_workdirs.value:
+    key, record = record_from_workdir(
+        workdir, f"python -m experiments.main ... --workdir={workdir} (the"
+        " settings are its config.json)")
+    merge_record(os.path.join(f.results_dir.value, f"{name}.json"), key, record)
+    print(f"added {key} from {workdir}", flush=True)
   if not f.report_only.value:
     for model in f.models.value:
       for x in xs:

@@ -111,19 +111,24 @@ def headline_series(rows: list[dict[str, Any]]
   """Per model, the rows of the one series the figure draws.
 
   Preference: authors mode (the paper's own draw, so the one series that
-  compares with its numbers point for point), then draws mode (its error
-  bars are the spread over draws), then the protocol covering the most x
-  values, then the most epochs. A series of
+  compares with its numbers point for point) when it covers as many x values
+  as any other series of the model, then draws mode (its error bars are the
+  spread over draws), then the protocol covering the most x values, then the
+  most epochs. A series of
   a single x value is not drawn (it stays in the tables).
   """
   series = {}
   for r in rows:
     series.setdefault((r["model"], r["mode"], r["protocol"]), []).append(r)
+  longest = {}
+  for (model, _, _), rs in series.items():
+    longest[model] = max(longest.get(model, 0), len(rs))
   best = {}
   for (model, mode, _), rs in series.items():
     if len(rs) < 2:
       continue
-    score = (mode == "authors", mode == "draws", len(rs), rs[0]["epochs"])
+    full_authors = mode == "authors" and len(rs) == longest[model]
+    score = (full_authors, mode == "draws", len(rs), rs[0]["epochs"])
     if model not in best or score > best[model][0]:
       best[model] = (score, sorted(rs, key=lambda r: r["x"]))
   return {model: rs for model, (_, rs) in sorted(best.items())}

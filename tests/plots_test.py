@@ -52,7 +52,13 @@ def test_authors_mode_pools_members_and_leads_the_figure():
   rows = plots.aggregate(recs, "K")
   authors = [r for r in rows if r["mode"] == "authors"]
   assert [(r["K"], r["n"]) for r in authors] == [(1, 2), (2, 2)]
-  # Fewer points than the draws series, but the paper's own draw wins.
+  # Fewer points than the draws series (K = 1..3): the longer series stays.
+  assert {r["mode"] for r in plots.headline_series(rows)["gd"]} == {"draws"}
+  r = _record("gd", 3, "authors", 0.7, mode="authors", epochs=5000,
+              protocol="paper")
+  recs["a3"] = r
+  rows = plots.aggregate(recs, "K")
+  # As many points: the paper's own draw wins.
   shown = plots.headline_series(rows)
   assert {r["mode"] for r in shown["gd"]} == {"authors"}
   labels = plots.plot_sweep(rows, "K").axes[0].get_legend_handles_labels()[1]
