@@ -358,7 +358,7 @@ def record_from_workdir(workdir, command):
       "learning_rate": cfg.member_learning_rates(model)[0],
       "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
       "stopped_early": res["stopped_early"], "num_params": res["num_params"],
-      "members": res["members"], "bayes": res["bayes"], "wall_s": 0.0,
+      "members": res["members"], "bayes": res["bayes"], "wall_s": None,
       "resumed": True, "workdir": workdir, "command": command,
   }
   return key, record
@@ -372,6 +372,10 @@ def merge_record(path, key, record):
 
 aggregate = plots.aggregate
 paper_value = plots.paper_value
+
+
+def _seconds(wall_s):
+  return "—" if wall_s is None else f"{wall_s:.0f}"
 
 
 def summary_table(rows, xkey):
@@ -394,7 +398,8 @@ def summary_table(rows, xkey):
         f" {r['acc_mean']:.3f} ± {r['acc_std']:.3f} | {fmt(p_acc)} | {diff} |"
         f" {r['nll_mean']:.3f} ± {r['nll_std']:.3f} | {fmt(p_nll)} |"
         f" {r['rel_mean']:.3f} ± {r['rel_std']:.3f} |"
-        f" {r['bayes_mean']:.3f} ± {r['bayes_std']:.3f} | {be} | {r['wall_s']:.0f} |")
+        f" {r['bayes_mean']:.3f} ± {r['bayes_std']:.3f} | {be} |"
+        f" {_seconds(r['wall_s'])} |")
   return "\n".join(lines)
 
 
@@ -404,14 +409,14 @@ def per_run_table(records, xkey):
   for key, r in sorted(records.items()):
     if "error" in r:
       lines.append(f"| `{key}` | {r[xkey]} | — | diverged | {r['error'][:80]} |"
-                   f" — | — | {r['wall_s']:.0f} |")
+                   f" — | — | {_seconds(r['wall_s'])} |")
       continue
     accs = [m["test_accuracy"] for m in r["members"]]
     nlls = [m["test_nll"] for m in r["members"]]
     lines.append(
         f"| `{key}` | {r[xkey]} | {r['learning_rate']:g} | {r['epochs_run']} |"
         f" {', '.join(f'{a:.3f}' for a in accs)} | {np.mean(nlls):.3f} |"
-        f" {r['bayes']['bayes_max_prob']:.3f} | {r['wall_s']:.0f} |")
+        f" {r['bayes']['bayes_max_prob']:.3f} | {_seconds(r['wall_s'])} |")
   return "\n".join(lines)
 
 

@@ -87,7 +87,9 @@ def aggregate(records: dict[str, dict[str, Any]], xkey: str
         "lr": sorted({r["learning_rate"] for r in rs}),
         "best_epochs": sorted({m["best_epoch"] for r in rs
                                for m in r["members"]}),
-        "wall_s": sum(r.get("wall_s", 0.0) for r in rs),
+        # None when a run's time is unknown (a run added from elsewhere).
+        "wall_s": (None if any(r.get("wall_s", 0.0) is None for r in rs)
+                   else sum(r.get("wall_s", 0.0) for r in rs)),
     })
   return rows
 
