@@ -23,7 +23,9 @@ def test_paper_figures_use_the_package_only_and_keep_their_figure():
   # The scripts' own plotting code draws it, with the paper's reference.
   assert "plots.plot_sweep(" in code and "plots.aggregate(" in code
   assert "paper_value(" in code
-  # Executed and saved: a reader sees the figure without running it.
+  # The paper's visual check: trained weights against GD's pattern.
+  assert "structure.structure(" in code and "structure.plot_structure(" in code
+  # Executed and saved: a reader sees the figures without running it.
   outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
-  assert any("image/png" in o.get("data", {}) for o in outputs)
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
   assert not any(o.get("output_type") == "error" for o in outputs)
