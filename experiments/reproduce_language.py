@@ -244,7 +244,7 @@ def samples_markdown(out):
     spread = ""
     if len(r["val_bpc_all"]) > 1:
       spread = (f"; all seeds {np.mean(r['val_bpc_all']):.3f} ±"
-                f" {np.std(r['val_bpc_all']):.3f}")
+                f" {_std(r['val_bpc_all']):.3f}")
     prompt_flag = (p["prompt"].replace("\\", "\\\\").replace("'", "\\'")
                    .replace("\n", "\\n"))
     lines += [
@@ -333,6 +333,18 @@ def _mean(values):
   return float(np.mean(values))
 
 
+def _std(values):
+  """Standard deviation over seeds (ddof 1: a sample of init seeds)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _pm(values):
+  """'mean' for one seed, 'mean ± std' for several."""
+  if len(values) < 2:
+    return f"{_mean(values):.3f}"
+  return f"{_mean(values):.3f} ± {_std(values):.3f}"
+
+
 def _by_family(records):
   out = {}
   for r in records.values():
@@ -353,7 +365,9 @@ def plot(out, path):
       label, color, marker = FAMILIES[family][2:]
       x = [xfn(r) for r in rs]
       y = [_mean(r["val_nll"]) for r in rs]
-      ax.plot(x, y, "-", color=color, marker=marker, label=label)
+      err = [_std(r["val_nll"]) for r in rs]
+      ax.errorbar(x, y, yerr=err if any(err) else None, fmt="-",
+                  color=color, marker=marker, label=label, capsize=3)
       for r, xi, yi in zip(rs, x, y):
         ax.annotate(f"{r['depth']}", (xi, yi), textcoords="offset points",
                     xytext=(4, 4), fontsize=8, color=color)
@@ -367,7 +381,7 @@ def plot(out, path):
   fig.suptitle(f"Shakespeare, characters: width {s['model_dim']},"
                f" {s['epochs'] * s['steps_per_epoch']} updates of"
                f" {s['batch_size']} x {s['context_length']} tokens"
-               " (numbers: K / blocks)")
+               f", {s['seeds']} seed(s), mean ± std (numbers: K / blocks)")
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -384,7 +398,8 @@ def markdown(out):
       f" {s['batch_size']} windows (AdamW {s['learning_rate']:g}, warmup +"
       f" cosine to the last update), {s['seeds']} seed(s). Validation"
       f" ({s['num_val']} windows) and test ({s['num_test']}) metrics at the"
-      " best validation loss, mean over seeds. Non-embedding parameters"
+      " best validation loss, mean over seeds (± the standard deviation over"
+      " seeds, ddof 1, when there are several). Non-embedding parameters"
       " exclude the token and position tables (lm.param_counts); per layer:"
       " one GD step (W_o and its MLP) or one GPT block. MFLOP/token: XLA's"
       " cost analysis of one compiled loss + gradient step divided by the"
@@ -407,8 +422,8 @@ def markdown(out):
         f"| {FAMILIES[r['family']][2]} | {r['depth']} |"
         f" {r['mlp']} | {p['non_embedding']:,} |"
         f" {p['per_layer']:,} | {r['flops_per_token'] / 1e6:.2f} |"
-        f" {_mean(r['val_nll']):.3f} | {_mean(r['val_bpc']):.3f} |"
-        f" {_mean(r['test_bpc']):.3f} | {r['wall_s']:.0f} |")
+        f" {_pm(r['val_nll'])} | {_pm(r['val_bpc'])} |"
+        f" {_pm(r['test_bpc'])} | {r['wall_s']:.0f} |")
   first = rows[0]
   lines += ["", f"Unigram reference (training characters):"
             f" {first['unigram_nll']:.3f} nats, {first['unigram_bpc']:.2f} bpc.",
