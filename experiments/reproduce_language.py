@@ -381,7 +381,8 @@ def plot(out, path):
   fig.suptitle(f"Shakespeare, characters: width {s['model_dim']},"
                f" {s['epochs'] * s['steps_per_epoch']} updates of"
                f" {s['batch_size']} x {s['context_length']} tokens"
-               f", {s['seeds']} seed(s), mean ± std (numbers: K / blocks)")
+               + (f", {s['seeds']} seeds, mean ± std" if s["seeds"] > 1
+                  else ", 1 seed") + " (numbers: K / blocks)")
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
