@@ -26,6 +26,14 @@ finished runs are kept in <runs_dir>/<name>.json as they complete.
 --quick trains a few updates per model (a smoke run; it writes
 <name>_quick.* so it never replaces real results).
 
+--samples samples from each run instead (training it first unless its
+workdir is finished) and writes <samples_name>.{json,md}: per model the
+text (gdattn.sampling.generate; --prompt, --temperature, --top_k,
+--sample_seed), its validation and test bits per character and the
+`experiments.sample` command that gives the same text:
+
+    python -m experiments.reproduce_language --samples --depths=2
+
 References: arXiv:2405.17248 (in-context language modelling).
 """
 
@@ -40,7 +48,9 @@ from flax import nnx
 
 from experiments import toolkit
 from gdattn import lm
+from gdattn import sampling
 from gdattn import tasks
+from gdattn.data import text
 
 # family -> (model name, MLP after each GD step, label, colour, marker)
 FAMILIES = {
@@ -67,6 +77,20 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 2, "Epochs between evaluations.
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Init seeds per model (vmapped).")
 _QUICK = flags.DEFINE_bool("quick", False, "A few updates per model (smoke run).")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw .md/.png from the .json.")
+_SAMPLES = flags.DEFINE_bool(
+    "samples", False, "Instead of the sweep: a sample from each (family,"
+    " depth) run, trained first unless its workdir under --runs_dir is"
+    " finished; writes <out_dir>/<samples_name>.{json,md}.")
+_SAMPLES_NAME = flags.DEFINE_string("samples_name", "language_samples",
+                                    "Basename of the samples report.")
+_PROMPT = flags.DEFINE_string("prompt", "ROMEO:\n", "Samples: the prompt.")
+_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 200,
+                                   "Samples: characters generated.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "Samples: temperature.")
+_TOP_K = flags.DEFINE_integer("top_k", 20, "Samples: keep the k likeliest.")
+_SAMPLE_SEED = flags.DEFINE_integer("sample_seed", 0, "Samples: PRNG seed.")
+_MEMBER = flags.DEFINE_integer("member", 0,
+                               "Samples: which init seed (member) to use.")
 
 
 def run_config(family, depth, epochs, seeds, quick):
@@ -139,6 +163,106 @@ def record_of(family, depth, run, workdir, wall, resumed):
   }
 
 
+def sample_record(family, depth, run, workdir, tokenizer):
+  """One model's sample (sampling.generate, the settings of the flags) and
+  its member's validation / test bits per character."""
+  name = FAMILIES[family][0]
+  trained = run.models[name]
+  member = _MEMBER.value
+  if not 0 <= member < len(trained.members):
+    raise ValueError(f"--member must be in [0, {len(trained.members)}), got"
+                     f" {member}")
+  evals = run.datasets.evals
+  val = toolkit.evaluate_best(trained, evals["val"])
+  test = toolkit.evaluate_best(trained, evals["test"])
+  model = trained.model(member)
+  prompt = np.asarray(tokenizer.encode(_PROMPT.value), np.int32)
+  tokens, stats = sampling.generate(
+      model, jax.random.key(_SAMPLE_SEED.value), prompt[None],
+      _NEW_TOKENS.value, temperature=_TEMPERATURE.value, top_k=_TOP_K.value)
+  return {
+      "family": family, "model": name, "depth": depth, "workdir": workdir,
+      "member": member, "seed": trained.members[member][0],
+      "params": lm.param_counts(model),
+      "val_bpc": float(val["bpc"][member]), "test_bpc": float(test["bpc"][member]),
+      "val_bpc_all": val["bpc"].tolist(),
+      "text": tokenizer.decode(np.asarray(tokens)[0].tolist()),
+      "tokens_per_s": round(stats["tokens_per_s"], 1),
+  }
+
+
+def samples():
+  """--samples: a sample per (family, depth) run; returns the report."""
+  runs_dir = _RUNS.value + ("_quick" if _QUICK.value else "")
+  records, tokenizer, cfg = {}, None, None
+  for family, depth in jobs():
+    cfg = run_config(family, depth, _EPOCHS.value, _SEEDS.value, _QUICK.value)
+    key = f"{family}_K{depth}"
+    print(f"[{time.strftime('%H:%M:%S')}] {key}", flush=True)
+    run, workdir = toolkit.train_in(runs_dir, key, cfg)
+    if tokenizer is None:  # every run shares the data config
+      d = cfg.data
+      tokenizer = text.make_tokenizer(
+          d.tokenizer, text.load_corpus(d.corpus, d.data_dir or None),
+          vocab_size=d.vocab_size, cache_dir=d.cache_dir or None)
+    records[key] = sample_record(family, depth, run, workdir, tokenizer)
+    print(records[key]["text"], flush=True)
+  return {"name": _SAMPLES_NAME.value + ("_quick" if _QUICK.value else ""),
+          "records": records,
+          "sampling": {"prompt": _PROMPT.value,
+                       "max_new_tokens": _NEW_TOKENS.value,
+                       "temperature": _TEMPERATURE.value, "top_k": _TOP_K.value,
+                       "seed": _SAMPLE_SEED.value},
+          "setup": {"updates": cfg.train.num_epochs * cfg.data.steps_per_epoch,
+                    "seeds": cfg.num_seeds, "model_dim": cfg.model.model_dim},
+          "command": toolkit.command_line(), "jax": jax.__version__}
+
+
+def samples_markdown(out):
+  s, p = out["setup"], out["sampling"]
+  lines = [
+      "# Samples from the in-context language models",
+      "",
+      f"Each model at width {s['model_dim']} after {s['updates']} updates"
+      f" (the sweep's protocol, {s['seeds']} seed(s) trained together; the"
+      " sample is from one of them at its best validation loss), prompt"
+      f" {p['prompt']!r}, {p['max_new_tokens']} characters, temperature"
+      f" {p['temperature']:g}, top-k {p['top_k']}, sampling seed {p['seed']}"
+      " (gdattn.sampling.generate with the models' decoding caches). K:"
+      " GD steps (GD, GD + MLP), blocks (GPT), GD steps after the one GPT"
+      " block (Hybrid).",
+      "",
+      f"Command: `{out['command']}` (jax {out['jax']}). Each sample is also"
+      " `python -m experiments.sample` on its workdir with the command shown"
+      " under it.",
+  ]
+  order = list(FAMILIES)
+  rows = sorted(out["records"].values(),
+                key=lambda r: (order.index(r["family"]), r["depth"]))
+  for r in rows:
+    label = FAMILIES[r["family"]][2]
+    spread = ""
+    if len(r["val_bpc_all"]) > 1:
+      spread = (f"; all seeds {np.mean(r['val_bpc_all']):.3f} ±"
+                f" {_std(r['val_bpc_all']):.3f}")
+    prompt_flag = (p["prompt"].replace("\\", "\\\\").replace("'", "\\'")
+                   .replace("\n", "\\n"))
+    lines += [
+        "", f"## {label}, K = {r['depth']}", "",
+        f"{r['params']['non_embedding']:,} non-embedding parameters; this"
+        f" seed ({r['seed']}): validation {r['val_bpc']:.3f} bpc, test"
+        f" {r['test_bpc']:.3f} bpc{spread}; {r['tokens_per_s']:.0f}"
+        " tokens/s.", "",
+        "```text", r["text"], "```", "",
+        f"`python -m experiments.sample --workdir={r['workdir']}"
+        f" --model={r['model']} --member={r['member']}"
+        f" --prompt=$'{prompt_flag}' --max_new_tokens={p['max_new_tokens']}"
+        f" --temperature={p['temperature']:g} --top_k={p['top_k']}"
+        f" --seed={p['seed']}`",
+    ]
+  return lines
+
+
 def jobs():
   for family in _MODELS.value:
     if family not in FAMILIES:
@@ -154,6 +278,10 @@ def main(argv):
   toolkit.quiet_logging()
   name = _NAME.value + ("_quick" if _QUICK.value else "")
   path = os.path.join(_OUT.value, f"{name}.json")
+  if _SAMPLES.value:
+    out = samples()
+    toolkit.write_results(_OUT.value, out["name"], out, None, samples_markdown)
+    return
   if _REPLOT.value:
     toolkit.write_results(_OUT.value, name, toolkit.load_json(path), plot,
                           markdown)
@@ -205,6 +333,18 @@ def _mean(values):
   return float(np.mean(values))
 
 
+def _std(values):
+  """Standard deviation over seeds (ddof 1: a sample of init seeds)."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _pm(values):
+  """'mean' for one seed, 'mean ± std' for several."""
+  if len(values) < 2:
+    return f"{_mean(values):.3f}"
+  return f"{_mean(values):.3f} ± {_std(values):.3f}"
+
+
 def _by_family(records):
   out = {}
   for r in records.values():
@@ -225,7 +365,9 @@ def plot(out, path):
       label, color, marker = FAMILIES[family][2:]
       x = [xfn(r) for r in rs]
       y = [_mean(r["val_nll"]) for r in rs]
-      ax.plot(x, y, "-", color=color, marker=marker, label=label)
+      err = [_std(r["val_nll"]) for r in rs]
+      ax.errorbar(x, y, yerr=err if any(err) else None, fmt="-",
+                  color=color, marker=marker, label=label, capsize=3)
       for r, xi, yi in zip(rs, x, y):
         ax.annotate(f"{r['depth']}", (xi, yi), textcoords="offset points",
                     xytext=(4, 4), fontsize=8, color=color)
@@ -239,7 +381,8 @@ def plot(out, path):
   fig.suptitle(f"Shakespeare, characters: width {s['model_dim']},"
                f" {s['epochs'] * s['steps_per_epoch']} updates of"
                f" {s['batch_size']} x {s['context_length']} tokens"
-               " (numbers: K / blocks)")
+               + (f", {s['seeds']} seeds, mean ± std" if s["seeds"] > 1
+                  else ", 1 seed") + " (numbers: K / blocks)")
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -256,7 +399,8 @@ def markdown(out):
       f" {s['batch_size']} windows (AdamW {s['learning_rate']:g}, warmup +"
       f" cosine to the last update), {s['seeds']} seed(s). Validation"
       f" ({s['num_val']} windows) and test ({s['num_test']}) metrics at the"
-      " best validation loss, mean over seeds. Non-embedding parameters"
+      " best validation loss, mean over seeds (± the standard deviation over"
+      " seeds, ddof 1, when there are several). Non-embedding parameters"
       " exclude the token and position tables (lm.param_counts); per layer:"
       " one GD step (W_o and its MLP) or one GPT block. MFLOP/token: XLA's"
       " cost analysis of one compiled loss + gradient step divided by the"
@@ -279,8 +423,8 @@ def markdown(out):
         f"| {FAMILIES[r['family']][2]} | {r['depth']} |"
         f" {r['mlp']} | {p['non_embedding']:,} |"
         f" {p['per_layer']:,} | {r['flops_per_token'] / 1e6:.2f} |"
-        f" {_mean(r['val_nll']):.3f} | {_mean(r['val_bpc']):.3f} |"
-        f" {_mean(r['test_bpc']):.3f} | {r['wall_s']:.0f} |")
+        f" {_pm(r['val_nll'])} | {_pm(r['val_bpc'])} |"
+        f" {_pm(r['test_bpc'])} | {r['wall_s']:.0f} |")
   first = rows[0]
   lines += ["", f"Unigram reference (training characters):"
             f" {first['unigram_nll']:.3f} nats, {first['unigram_bpc']:.2f} bpc.",

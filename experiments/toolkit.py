@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+from ml_collections import config_dict
 import numpy as np
 
 from gdattn import config as config_lib
@@ -49,13 +50,26 @@ NOTES_END = "<!-- /notes -->"
 
 def _override(section: Any, values: dict[str, Any], where: str) -> None:
   for key, value in values.items():
+    if where == ".optim_overrides" and key not in section:
+      section[key] = value  # keyed by model name: any model may be added
+      continue
     if key not in section:
       raise ValueError(f"config{where}: unknown field {key!r}; valid:"
                        f" {sorted(section.keys())}")
-    if isinstance(value, dict):
+    is_section = isinstance(section[key], config_dict.ConfigDict)
+    if isinstance(value, dict) and is_section:
       _override(section[key], value, f"{where}.{key}")
+    elif is_section and not isinstance(value, config_dict.ConfigDict):
+      raise TypeError(f"config{where}.{key} is a section: override it with a"
+                      f" dict of its fields, got {value!r}")
+    elif isinstance(value, dict):
+      raise TypeError(f"config{where}.{key} is a field, not a section: expected"
+                      f" a {type(section[key]).__name__} value, got {value!r}")
     else:
-      section[key] = value
+      try:
+        section[key] = value
+      except TypeError as e:  # ConfigDict's own type check, given the path
+        raise TypeError(f"config{where}.{key}: {e}") from None
 
 
 def synthetic_config(variant: str = "paper", layers: int = 1,
@@ -93,12 +107,21 @@ def task_config(config: str, **overrides: Any) -> config_lib.ExperimentConfig:
     The ExperimentConfig.
   """
   module, _, variant = config.partition(":")
+  where = f"gdattn.configs.{module}"
   try:
-    configs = importlib.import_module(f"gdattn.configs.{module}")
+    configs = importlib.import_module(where) if module.isidentifier() else None
   except ModuleNotFoundError as e:
-    raise ValueError(f"config must name a module of gdattn.configs, got"
-                     f" {config!r}") from e
-  c = configs.get_config(variant)
+    if e.name not in (where, "gdattn.configs"):
+      raise  # the module exists but one of its imports is missing
+    configs = None
+  if configs is None or not hasattr(configs, "get_config"):
+    raise ValueError(f"config must be '<module>[:<variant>]' with a module of"
+                     f" gdattn.configs, got {config!r}")
+  try:
+    c = configs.get_config(variant)
+  except ValueError as e:
+    raise ValueError(f"config {config!r}: bad variant {variant!r}: {e}"
+                     ) from None
   c.train.progress = False
   _override(c, overrides, "")
   return config_lib.from_configdict(c)

@@ -1,0 +1,83 @@
+"""experiments.toolkit.task_config: packaged variants plus checked overrides."""
+
+import pytest
+
+from experiments import toolkit
+
+
+@pytest.mark.parametrize("config,dim,context,layers", [
+    ("language", 64, 64, 2),  # the module's default variant (demo)
+    ("language:demo", 64, 64, 2),
+    ("language:smoke", 16, 16, 2),
+    ("language:paper", 512, 256, 4),
+])
+def test_variants(config, dim, context, layers):
+  cfg = toolkit.task_config(config)
+  assert cfg.task == "language"
+  assert cfg.model.model_dim == dim
+  assert cfg.data.context_length == context
+  assert cfg.model.num_layers == layers
+  assert not cfg.train.progress  # bars off unless asked for
+
+
+def test_other_task_module():
+  cfg = toolkit.task_config("synthetic:demo,layers=2")
+  assert cfg.task == "synthetic"
+  assert cfg.model.num_layers == 2
+
+
+def test_overrides_are_applied():
+  cfg = toolkit.task_config(
+      "language:smoke", models=("gpt",), num_seeds=3, seed=7,
+      data=dict(context_length=32, num_val=4),
+      model=dict(num_layers=3, mlp=True),
+      optim=dict(learning_rate=5e-4),
+      optim_overrides=dict(gpt=dict(learning_rate=1e-3)),
+      train=dict(num_epochs=1, progress=True))
+  assert cfg.models == ("gpt",)
+  assert (cfg.num_seeds, cfg.seed) == (3, 7)
+  assert (cfg.data.context_length, cfg.data.num_val) == (32, 4)
+  assert (cfg.model.num_layers, cfg.model.mlp) == (3, True)
+  assert cfg.optim.learning_rate == 5e-4
+  assert cfg.optim_overrides == {"gpt": {"learning_rate": 1e-3}}
+  assert cfg.train.num_epochs == 1
+  assert cfg.train.progress
+  # Fields not overridden keep the variant's values.
+  assert cfg.model.model_dim == toolkit.task_config(
+      "language:smoke").model.model_dim
+
+
+def test_overrides_do_not_leak_between_calls():
+  toolkit.task_config("language:smoke", model=dict(num_layers=5))
+  assert toolkit.task_config("language:smoke").model.num_layers == 2
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (dict(num_seed=3), ValueError, r"config: unknown field 'num_seed'"),
+    (dict(model=dict(bogus=1)), ValueError,
+     r"config\.model: unknown field 'bogus'"),
+    (dict(train=dict(num_epoch=3)), ValueError,
+     r"config\.train: unknown field 'num_epoch'.*'num_epochs'"),
+    (dict(data=5), TypeError, r"config\.data is a section.*got 5"),
+    (dict(model=dict(num_layers=dict(a=1))), TypeError,
+     r"config\.model\.num_layers is a field, not a section"),
+    (dict(model=dict(num_layers="two")), TypeError,
+     r"config\.model\.num_layers"),
+    (dict(model=dict(num_layers=0)), ValueError,
+     r"config\.model\.num_layers must be a positive int, got 0"),
+])
+def test_bad_override_names_the_field(overrides, error, match):
+  with pytest.raises(error, match=match):
+    toolkit.task_config("language:smoke", **overrides)
+
+
+@pytest.mark.parametrize("config,match", [
+    ("language:tiny", r"config 'language:tiny': bad variant 'tiny'"),
+    ("nosuch", r"gdattn\.configs, got 'nosuch'"),
+    ("nosuch:smoke", r"got 'nosuch:smoke'"),
+    (":smoke", r"got ':smoke'"),
+    ("", r"got ''"),
+])
+def test_bad_config_names_it(config, match):
+  with pytest.raises(ValueError, match=match):
+    toolkit.task_config(config)
