@@ -43,7 +43,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
       eval_fraction=0.3, num_train=2048, num_val=1024, num_test=1024,
       fresh_contexts=False, steps_per_epoch=4, glyph_classes=1000,
       glyph_images_per_class=20, image_size=config_dict.placeholder(int),
-      seed=0))
+      test_corruption=config_dict.placeholder(str), test_severity=1.0,
+      test_dataset=config_dict.placeholder(str), seed=0))
   c.model.embed_dim = 5
   c.optim.learning_rate = 1e-2
   c.train.num_epochs = 100
