@@ -180,7 +180,9 @@ def main(argv):
                    for k in ("accuracy", "nll", "top2")}
   test = run.datasets.evals["test"]
   shots = [int(s) for s in _SHOTS.value if int(s) <= info["shots"]]
-  out = {"dataset": image_icl.short_name(info["dataset"]), "info": info,
+  # Only the data set's name: its source may name a folder of this machine.
+  info = dict(info, dataset=image_icl.short_name(info["dataset"]))
+  out = {"dataset": info["dataset"], "info": info,
          "rows": rows, "shots": shots_sweep(test, runs, shots),
          "config": {"variant": _VARIANT.value, "epochs": _EPOCHS.value,
                     "tf_epochs": _TF_EPOCHS.value, "seeds": _SEEDS.value,
