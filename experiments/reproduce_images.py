@@ -11,8 +11,12 @@ in every context (gdattn/configs/images.py), then reports on the same test
 contexts: each model's test accuracy / NLL / top-2 at its best validation
 NLL (mean ± std over --seeds), per-context linear probing (the authors'
 baseline: bias-free logistic regression, 500 AdamW steps) and the nearest
-class mean, and a test-time shots sweep (trained at S shots, tested at
-fewer). Writes experiments/results/<name>.{json,md,png}. Runs are
+class mean, a test-time shots sweep (trained at S shots, tested at fewer),
+a test-time ways sweep (--ways, trained at W ways, tested at fewer; a model
+scores its first W' logits) and a domain-shift table (--shift: corruptions
+of the test images, or test contexts from another data set; the features
+stay those fitted on the clean training images). --gdmlp adds the GD+MLP
+model. Writes experiments/results/<name>.{json,md,png}. Runs are
 checkpointed under --runs_dir and resume when the command is re-run.
 
 The paper's figure (VGG16 ImageNet features, 900/100 classes) reads about
@@ -34,6 +38,7 @@ from gdattn import baselines
 from gdattn import config as config_lib
 from gdattn.configs import images
 from gdattn.data import fewshot
+from gdattn.tasks import image_icl
 
 _VARIANT = flags.DEFINE_string("variant", "demo", "images.py config variant.")
 _DATASET = flags.DEFINE_string("dataset", None, "Override config.data.dataset.")
@@ -46,14 +51,22 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "Evaluation interval.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Init seeds (vmapped).")
 _SHOTS = flags.DEFINE_list("shots", ["1", "2", "3", "5", "10"],
                            "Test-time shots per class.")
+_WAYS = flags.DEFINE_list("ways", [], "Test-time ways (<= trained ways).")
+_SHIFT = flags.DEFINE_list(
+    "shift", [], "Test-time shifts: gaussian_noise, blur, contrast (each "
+    "optionally :severity) or dataset:<name>.")
+_GDMLP = flags.DEFINE_bool("gdmlp", False, "Also train the GD+MLP model.")
+_VAL_TEST = flags.DEFINE_integer("num_contexts", None,
+                                 "Override num_val and num_test contexts.")
 _RUNS = flags.DEFINE_string("runs_dir", "runs/images", "Checkpointed runs.")
 _OUT = flags.DEFINE_string("out_dir", "experiments/results", "Output folder.")
 _NAME = flags.DEFINE_string("name", "images", "Output basename.")
 
 
-def config_for(model, kernel, epochs):
+def config_for(model, kernel, epochs, layers=1):
   c = images.get_config(_VARIANT.value)
   c.models = (model,)
+  c.model.num_layers = layers
   c.num_seeds = _SEEDS.value
   c.model.kernel = kernel
   c.train.num_epochs = epochs
@@ -63,7 +76,49 @@ def config_for(model, kernel, epochs):
     c.data.dataset = _DATASET.value
   if _SPLIT.value:
     c.data.split = _SPLIT.value
+  if _VAL_TEST.value:
+    c.data.num_val = c.data.num_test = _VAL_TEST.value
   return config_lib.from_configdict(c)
+
+
+def parse_shift(text):
+  """'blur:1.5' -> dict(corruption='blur', severity=1.5); 'dataset:x' ->
+  dict(dataset='x')."""
+  head, _, tail = text.partition(":")
+  if head == "dataset":
+    return {"dataset": tail}
+  return {"corruption": head, "severity": float(tail) if tail else 1.0}
+
+
+def evaluate_all(ctx, runs, ways):
+  """Accuracy and NLL of every model and baseline on contexts ctx."""
+  row = {}
+  for label, trained in runs.items():
+    m = toolkit.evaluate_best(trained, ctx)
+    row[label] = {k: stats(m[k]) for k in ("accuracy", "nll")}
+  for label, name in (("linear probing", "logistic_regression"),
+                      ("nearest class mean", "nearest_class_mean")):
+    scores = jax.jit(baselines.batched(name, ways=ways))(
+        ctx.x_ctx, ctx.y_ctx, ctx.x_query)
+    m = baselines.scores_metrics(scores, ctx.y_query)
+    row[label] = {k: stats([m[k]]) for k in ("accuracy", "nll")}
+  return row
+
+
+def ways_sweep(source, runs, ways_list):
+  """Models trained at W ways, tested on fresh W'-way test contexts."""
+  return {str(w): evaluate_all(image_icl.test_contexts(source, ways=w), runs, w)
+          for w in ways_list}
+
+
+def shift_table(source, runs, shifts):
+  """Models and baselines on clean and shifted test contexts (paired)."""
+  ways = source.cfg.ways
+  out = {"clean": evaluate_all(image_icl.test_contexts(source), runs, ways)}
+  for text in shifts:
+    out[text] = evaluate_all(
+        image_icl.test_contexts(source, **parse_shift(text)), runs, ways)
+  return out
 
 
 def stats(values):
@@ -95,13 +150,20 @@ def main(argv):
   toolkit.quiet_logging()
   t0 = time.time()
   runs, rows, info = {}, {}, None
-  jobs = [(f"GD K=1 ({k})", "gd", k, _EPOCHS.value) for k in _KERNELS.value]
+  jobs = [(f"GD K=1 ({k})", "gd", k, _EPOCHS.value, 1)
+          for k in _KERNELS.value]
+  if _GDMLP.value:
+    # The MLP acts between GD steps: K = 1 would be GD itself.
+    jobs.append(("GD+MLP K=2", "gdmlp", "softmax", _EPOCHS.value, 2))
   if _TF.value:
-    jobs.append(("Trained TF K=1", "trained_tf", "softmax", _TF_EPOCHS.value))
-  for label, model, kernel, epochs in jobs:
-    cfg = config_for(model, kernel, epochs)
+    jobs.append(("Trained TF K=1", "trained_tf", "softmax", _TF_EPOCHS.value,
+                 1))
+  for label, model, kernel, epochs, layers in jobs:
+    cfg = config_for(model, kernel, epochs, layers)
     print(f"[{time.strftime('%H:%M:%S')}] {label}", flush=True)
-    run, workdir = toolkit.train_in(_RUNS.value, f"{model}_{kernel}", cfg)
+    run, workdir = toolkit.train_in(
+        _RUNS.value, f"{model}_{kernel}" + (f"_k{layers}" if layers > 1 else ""),
+        cfg)
     res = run.results[model]
     runs[label] = run.models[model]
     rows[label] = {k: stats([m[f"test_{k}"] for m in res["members"]])
@@ -118,13 +180,27 @@ def main(argv):
                    for k in ("accuracy", "nll", "top2")}
   test = run.datasets.evals["test"]
   shots = [int(s) for s in _SHOTS.value if int(s) <= info["shots"]]
-  out = {"dataset": info["dataset"], "info": info, "rows": rows,
-         "shots": shots_sweep(test, runs, shots),
+  # Only the data set's name: its source may name a folder of this machine.
+  info = dict(info, dataset=image_icl.short_name(info["dataset"]))
+  out = {"dataset": info["dataset"], "info": info,
+         "rows": rows, "shots": shots_sweep(test, runs, shots),
          "config": {"variant": _VARIANT.value, "epochs": _EPOCHS.value,
                     "tf_epochs": _TF_EPOCHS.value, "seeds": _SEEDS.value,
                     "split": _SPLIT.value or "config default"},
          "wall_s": round(time.time() - t0, 1),
          "command": toolkit.command_line()}
+  if _WAYS.value or _SHIFT.value:
+    source = image_icl.feature_source(cfg.data)
+    ways = [int(w) for w in _WAYS.value]
+    bad = [w for w in ways if not 2 <= w <= info["ways"]]
+    if bad:
+      raise ValueError(f"--ways: expected values in [2, {info['ways']}] (the "
+                       f"trained ways), got {bad}.")
+    if ways:
+      out["ways"] = ways_sweep(source, runs, ways)
+    if _SHIFT.value:
+      out["shift"] = shift_table(source, runs, _SHIFT.value)
+  out["wall_s"] = round(time.time() - t0, 1)
   toolkit.write_results(_OUT.value, _NAME.value, out, plot, markdown)
   for line in markdown(out)[:20]:
     print(line)
@@ -183,6 +259,34 @@ def markdown(out):
   for label in next(iter(out["shots"].values())):
     lines.append(f"| {label} | " + " | ".join(
         f"{out['shots'][s][label]['mean']:.3f}" for s in out["shots"]) + " |")
+  if out.get("ways"):
+    lines += ["", f"Test-time ways sweep (accuracy; trained at {info['ways']}"
+              " ways, fresh test contexts, chance 1/W):", ""]
+    lines += _table(out["ways"], lambda w: f"{w} ways")
+  if out.get("shift"):
+    lines += ["", "Domain shift (accuracy, NLL in brackets; the same test "
+              "contexts, images shifted before the training-fitted features):",
+              ""]
+    lines += _table(out["shift"], str, nll=True)
+  return lines
+
+
+def _table(columns, head, nll=False):
+  """Markdown rows: one per model, one column per key of `columns`."""
+  keys = list(columns)
+  lines = ["| model | " + " | ".join(head(k) for k in keys) + " |",
+           "|---|" + "---|" * len(keys)]
+  for label in columns[keys[0]]:
+    cells = []
+    for k in keys:
+      r = columns[k][label]
+      cell = f"{r['accuracy']['mean']:.3f}"
+      if r["accuracy"]["std"]:
+        cell += f" ± {r['accuracy']['std']:.3f}"
+      if nll:
+        cell += f" ({r['nll']['mean']:.2f})"
+      cells.append(cell)
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return lines
 
 

@@ -185,3 +185,79 @@ def test_smoke_config_trains_through_the_engine(tmp_path):
   assert res["members"][0]["test_accuracy"] > 0.4
   assert res["members"][0]["test_nll"] < np.log(5) - 0.2
   assert res["logreg_accuracy"] > 0.4
+
+
+@pytest.fixture(scope="module")
+def smoke_source():
+  return image_icl.feature_source(SMOKE)
+
+
+def test_test_contexts_default_is_the_test_split(smoke_source, smoke_datasets):
+  got = image_icl.test_contexts(smoke_source)
+  want = smoke_datasets.evals["test"]
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("ways", [2, 3])
+def test_fewer_ways_contexts_and_metrics(smoke_source, smoke_datasets, ways):
+  c = image_icl.test_contexts(smoke_source, ways=ways)
+  assert c.x_ctx.shape == (32, 4 * ways, 16) and c.classes.shape == (32, ways)
+  assert int(c.y_ctx.max()) == ways - 1 and int(c.y_query.max()) < ways
+  # A 5-class model on fewer ways is scored on its first `ways` logits: a
+  # huge logit on an absent class must not count.
+  logits = np.zeros((32, 1, 5), np.float32)
+  logits[..., -1] = 100.0
+  logits[np.arange(32), 0, np.asarray(c.y_query[:, 0])] = 1.0
+  m = TASK.metrics(logits, c)
+  assert float(m["accuracy"]) == 1.0
+  with pytest.raises(ValueError, match="only 5 classes"):
+    TASK.metrics(logits, image_icl.test_contexts(
+        dataclasses.replace(smoke_source, cfg=dataclasses.replace(
+            SMOKE, ways=6, shots=2))))
+
+
+@pytest.mark.parametrize("name", ["gaussian_noise", "blur", "contrast"])
+def test_corrupted_contexts_pair_with_clean(smoke_source, smoke_datasets, name):
+  clean = smoke_datasets.evals["test"]
+  c = image_icl.test_contexts(smoke_source, corruption=name, severity=1.0)
+  np.testing.assert_array_equal(c.idx_ctx, clean.idx_ctx)
+  np.testing.assert_array_equal(c.y_query, clean.y_query)
+  assert not np.allclose(c.x_ctx, clean.x_ctx)
+  same = image_icl.test_contexts(smoke_source, corruption=name, severity=0.0)
+  np.testing.assert_allclose(same.x_ctx, clean.x_ctx, atol=1e-5)
+
+
+def test_cross_dataset_contexts(tmp_path, smoke_source):
+  src = dataclasses.replace(smoke_source, cfg=dataclasses.replace(
+      SMOKE, glyph_classes=12, glyph_images_per_class=12,
+      cache_dir=str(tmp_path)))
+  c = image_icl.test_contexts(src, dataset="glyphs", num_contexts=8)
+  assert c.x_ctx.shape == (8, 20, 16)  # glyphs resized to 8x8, digits' PCA
+  assert int(c.classes.max()) < 12  # glyph class ids, not digits'
+  assert np.isfinite(np.asarray(c.x_ctx)).all()
+
+
+def test_shift_needs_pixel_features(tmp_path):
+  cfg = dataclasses.replace(SMOKE, features="cnn", test_corruption="blur")
+  with pytest.raises(ValueError, match="config.data.features"):
+    TASK.validate(cfg, models.ICLModelConfig())
+  with pytest.raises(ValueError, match="config.data.test_corruption"):
+    TASK.validate(dataclasses.replace(SMOKE, test_corruption="fog"),
+                  models.ICLModelConfig())
+
+
+def test_shifted_test_split_in_make_datasets(smoke_datasets):
+  ds = TASK.make_datasets(dataclasses.replace(SMOKE, test_corruption="blur"))
+  np.testing.assert_array_equal(ds.evals["val"].x_ctx,
+                                smoke_datasets.evals["val"].x_ctx)
+  assert not np.allclose(ds.evals["test"].x_ctx,
+                         smoke_datasets.evals["test"].x_ctx)
+  assert ds.info["test_corruption"] == "blur" and ds.info["name"] == "digits"
+
+
+def test_short_name():
+  assert image_icl.short_name("fashion_mnist:/a/b/c") == "fashion_mnist"
+  assert image_icl.short_name("sklearn:digits.csv.gz") == "digits"
+  assert image_icl.short_name("tfds:cifar100:train+test") == "cifar100"
+  assert image_icl.short_name("glyphs:1000x20") == "glyphs"

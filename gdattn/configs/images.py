@@ -43,7 +43,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
       eval_fraction=0.3, num_train=2048, num_val=1024, num_test=1024,
       fresh_contexts=False, steps_per_epoch=4, glyph_classes=1000,
       glyph_images_per_class=20, image_size=config_dict.placeholder(int),
-      seed=0))
+      test_corruption=config_dict.placeholder(str), test_severity=1.0,
+      test_dataset=config_dict.placeholder(str), seed=0))
   c.model.embed_dim = 5
   c.optim.learning_rate = 1e-2
   c.train.num_epochs = 100
@@ -67,6 +68,9 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.data.dataset = "glyphs"
     c.data.split = "held_out_classes"
     c.data.held_out_fraction = 0.1
+    # Held-out classes give val 70% / test 30% of their images: 40 per class
+    # leaves 12 test images, enough for 10 shots + 1 query (20 left 6).
+    c.data.glyph_images_per_class = 40
   elif variant == "paper":
     c.data.dataset = "feature_store"
     c.data.features = "raw"

@@ -23,6 +23,7 @@ from gdattn import baselines
 from gdattn import config as config_lib
 from gdattn import metrics
 from gdattn import models
+from gdattn.data import corruptions
 from gdattn.data import features as features_lib
 from gdattn.data import fewshot
 from gdattn.data import images as images_lib
@@ -61,7 +62,14 @@ class DataConfig:
     glyph_classes: classes of the offline "glyphs" dataset.
     glyph_images_per_class: images per class of "glyphs".
     image_size: resize TFDS images to this side (None = as stored).
-    seed: the splits, the feature extractor and the contexts.
+    test_corruption: None, or one of corruptions.CORRUPTIONS applied to the
+      test images before their features (domain shift; raw / pca only).
+    test_severity: severity of test_corruption.
+    test_dataset: None, or a dataset (as `dataset`) whose images, resized
+      to the training images' size and put through the features fitted on
+      the training data, make the test contexts (cross-dataset shift).
+    seed: the splits, the feature extractor, the corruption noise and the
+      contexts.
   """
 
   dataset: str = "fashion_mnist"
@@ -87,6 +95,9 @@ class DataConfig:
   glyph_classes: int = 1000
   glyph_images_per_class: int = 20
   image_size: int | None = None
+  test_corruption: str | None = None
+  test_severity: float = 1.0
+  test_dataset: str | None = None
   seed: int = 0
 
 
@@ -110,12 +121,30 @@ def load_dataset(cfg: DataConfig) -> images_lib.ImageDataset:
                          image_size=cfg.image_size)
 
 
+def _pixel_transform(cfg: DataConfig, data: images_lib.ImageDataset,
+                     train_examples: np.ndarray
+                     ) -> features_lib.FeatureTransform | None:
+  """The fitted pixels -> features map of "raw" / "pca" features, else None."""
+  if cfg.features not in ("raw", "pca") or data.images is None:
+    return None
+  x = data.flat()
+  pca_dim = cfg.pca_dim if cfg.features == "pca" else None
+  if pca_dim is not None and pca_dim > x.shape[1]:
+    raise ValueError(f"config.data.pca_dim: expected <= {x.shape[1]} (the "
+                     f"input dim), got {pca_dim}.")
+  return features_lib.fit_transform(x[train_examples], centre=cfg.centre,
+                                    pca_dim=pca_dim, l2=cfg.l2)
+
+
 def make_features(cfg: DataConfig, data: images_lib.ImageDataset,
                   train_examples: np.ndarray) -> np.ndarray:
   """[M, D] float32 features; every statistic from train_examples only."""
   if cfg.features == "store" and data.features is None:
     raise ValueError("config.data.features: 'store' needs a data set of "
                      f"features (feature_store), got images ({data.source}).")
+  transform = _pixel_transform(cfg, data, train_examples)
+  if transform is not None:
+    return transform(data.flat())
   if cfg.features == "cnn":
     x = features_lib.cnn_features(
         data, train_examples, epochs=cfg.cnn_epochs,
@@ -130,6 +159,130 @@ def make_features(cfg: DataConfig, data: images_lib.ImageDataset,
   transform = features_lib.fit_transform(x[train_examples], centre=cfg.centre,
                                          pca_dim=pca_dim, l2=cfg.l2)
   return transform(x)
+
+
+def short_name(source: str) -> str:
+  """A data set's name without its folder ("fashion_mnist:/a/b" ->
+  "fashion_mnist"), for titles and tables."""
+  head, _, tail = source.partition(":")
+  if head in ("tfds", "sklearn"):
+    return tail.split(":")[0].split(".")[0] if head == "tfds" else "digits"
+  return head
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FeatureSource:
+  """A data set with its pools and features, built once for many test sets.
+
+  Attributes:
+    cfg: the data config it was built from.
+    data: the training data set.
+    pools: its train / val / test pools.
+    x_MxD: [M, D] float32 clean features of every example.
+    transform: the pixels -> features map fitted on the training images
+      ("raw" / "pca" features), or None (no features of new images).
+  """
+
+  cfg: DataConfig
+  data: images_lib.ImageDataset
+  pools: fewshot.Pools
+  x_MxD: np.ndarray
+  transform: features_lib.FeatureTransform | None
+
+
+def feature_source(cfg: DataConfig) -> FeatureSource:
+  """Loads cfg's data set, splits it and computes its features."""
+  data = load_dataset(cfg)
+  pools = fewshot.make_pools(
+      data.labels, data.split, mode=cfg.split,
+      held_out_fraction=cfg.held_out_fraction,
+      eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+  transform = _pixel_transform(cfg, data, pools.train_examples)
+  x = (transform(data.flat()) if transform is not None
+       else make_features(cfg, data, pools.train_examples))
+  return FeatureSource(cfg=cfg, data=data, pools=pools, x_MxD=x,
+                       transform=transform)
+
+
+def _unit_images(data: images_lib.ImageDataset, index: np.ndarray,
+                 shape: tuple[int, ...]) -> np.ndarray:
+  """Images `index` of data as float32 in [0, 1], resized to `shape`."""
+  images = data.images[index]
+  if images.shape[1:] != shape:
+    if images.shape[3:] != shape[2:] or shape[0] != shape[1]:
+      raise ValueError(
+          f"test_dataset: cannot map {data.source} images of shape "
+          f"{images.shape[1:]} onto the training images' {shape} (channels "
+          "differ or the training images are not square).")
+    images = np.stack([images_lib._resize(im, shape[0]) for im in images])  # pylint: disable=protected-access
+  images = images.astype(np.float32)
+  return images / 255.0 if data.images.dtype == np.uint8 else images
+
+
+def test_contexts(source: FeatureSource, *, ways: int | None = None,
+                  shots: int | None = None, num_contexts: int | None = None,
+                  corruption: str | None = None, severity: float = 1.0,
+                  dataset: str | None = None) -> fewshot.ImageContexts:
+  """Test contexts of another shape or under a domain shift.
+
+  With the defaults this is exactly the task's test split. The contexts use
+  the same random key, so a shifted set pairs context by context with the
+  clean one (same classes and images, corrupted).
+
+  Args:
+    source: `feature_source(cfg)`.
+    ways: W classes per context (default cfg.ways); a model trained at more
+      ways is scored on its first W logits (`ImageICLTask.metrics`).
+    shots: S images per class (default cfg.shots).
+    num_contexts: B (default cfg.num_test).
+    corruption: None or one of corruptions.CORRUPTIONS, applied to the test
+      images (seeded by cfg.seed) before the training-fitted features.
+    severity: its severity.
+    dataset: None, or another data set name (as DataConfig.dataset) whose
+      images (all of them, all its classes, resized to the training images'
+      size) make the contexts, through the training-fitted features.
+
+  Returns:
+    ImageContexts [B, W * S, D].
+  """
+  cfg = source.cfg
+  ways = cfg.ways if ways is None else ways
+  shots = cfg.shots if shots is None else shots
+  num_contexts = cfg.num_test if num_contexts is None else num_contexts
+  if corruption is not None and corruption not in corruptions.CORRUPTIONS:
+    raise ValueError(f"corruption: expected None or one of "
+                     f"{corruptions.CORRUPTIONS}, got {corruption!r}.")
+  if (corruption is not None or dataset is not None) and (
+      source.transform is None):
+    raise ValueError(
+        "corruption / dataset: new images need pixel features, config.data."
+        f"features 'raw' or 'pca' on images; got {cfg.features!r} on "
+        f"{source.data.source}.")
+  data, x_MxD = source.data, source.x_MxD
+  labels, classes, examples = (data.labels, source.pools.test_classes,
+                               source.pools.test_examples)
+  if dataset is not None:
+    other_cfg = dataclasses.replace(cfg, dataset=dataset, data_dir=None)
+    data = load_dataset(other_cfg)
+    # No part of the other data set is trained on: all of it is test data.
+    labels, classes = data.labels, np.unique(data.labels).astype(np.int32)
+    examples = np.arange(data.num_examples)
+    x_MxD = np.zeros((data.num_examples, x_MxD.shape[1]), np.float32)
+  if corruption is not None or dataset is not None:
+    images = _unit_images(data, examples, source.data.images.shape[1:])
+    if corruption is not None:
+      images = corruptions.corrupt(corruption, images, severity,
+                                   seed=cfg.seed)
+    x_MxD = np.array(x_MxD)
+    x_MxD[examples] = source.transform(images.reshape(examples.size, -1))
+  table = fewshot.class_table(labels, classes, examples)
+  fewshot.check_table(table, ways=ways, shots=shots,
+                      num_queries=cfg.num_queries,
+                      where=f"the test pool of {data.source}")
+  key = jax.random.split(jax.random.key(cfg.seed), 4)[2]
+  return fewshot.fixed_contexts(key, jnp.asarray(x_MxD), table,
+                                num_contexts=num_contexts, ways=ways,
+                                shots=shots, num_queries=cfg.num_queries)
 
 
 class ImageICLTask:
@@ -167,6 +320,23 @@ class ImageICLTask:
                getattr(d, field))
     config_lib.require(_is_int(d.cnn_epochs, 0), "data.cnn_epochs", "an int >= 0",
              d.cnn_epochs)
+    config_lib.require(d.test_corruption is None
+                       or d.test_corruption in corruptions.CORRUPTIONS,
+                       "data.test_corruption",
+                       f"None or one of {corruptions.CORRUPTIONS}",
+                       d.test_corruption)
+    config_lib.require(
+        isinstance(d.test_severity, (int, float))
+        and not isinstance(d.test_severity, bool) and d.test_severity >= 0,
+        "data.test_severity", "a number >= 0", d.test_severity)
+    config_lib.require(
+        d.test_dataset is None or d.test_dataset in DATASETS[:3]
+        or d.test_dataset.startswith("tfds:"), "data.test_dataset",
+        f"None, one of {DATASETS[:3]} or 'tfds:<name>'", d.test_dataset)
+    config_lib.require(
+        (d.test_corruption is None and d.test_dataset is None)
+        or d.features in ("raw", "pca"), "data.features",
+        "'raw' or 'pca' with test_corruption / test_dataset", d.features)
     for field in ("held_out_fraction", "eval_fraction"):
       v = getattr(d, field)
       config_lib.require(isinstance(v, float) and 0.0 < v < 1.0, f"data.{field}",
@@ -175,12 +345,9 @@ class ImageICLTask:
 
   def make_datasets(self, data_cfg: DataConfig) -> base.Datasets:
     cfg = data_cfg
-    data = load_dataset(cfg)
-    pools = fewshot.make_pools(
-        data.labels, data.split, mode=cfg.split,
-        held_out_fraction=cfg.held_out_fraction,
-        eval_fraction=cfg.eval_fraction, seed=cfg.seed)
-    x_MxD = jnp.asarray(make_features(cfg, data, pools.train_examples))
+    source = feature_source(cfg)
+    data, pools = source.data, source.pools
+    x_MxD = jnp.asarray(source.x_MxD)
     tables = {}
     for split in ("train", "val", "test"):
       table = fewshot.class_table(data.labels, getattr(pools, f"{split}_classes"),
@@ -199,11 +366,19 @@ class ImageICLTask:
       return fewshot.fixed_contexts(key, x_MxD, tables[split],
                                     num_contexts=num, **shape)
 
+    shifted = cfg.test_corruption is not None or cfg.test_dataset is not None
     evals = {"val": fixed("val", keys[1], cfg.num_val),
-             "test": fixed("test", keys[2], cfg.num_test)}
+             "test": (test_contexts(source, corruption=cfg.test_corruption,
+                                    severity=cfg.test_severity,
+                                    dataset=cfg.test_dataset) if shifted
+                      else fixed("test", keys[2], cfg.num_test))}
     info = dict(input_dim=int(x_MxD.shape[1]), num_classes=cfg.ways,
                 ways=cfg.ways, shots=cfg.shots, num_queries=cfg.num_queries,
-                dataset=data.source, num_examples=data.num_examples,
+                dataset=data.source, name=short_name(data.source),
+                test_corruption=cfg.test_corruption,
+                test_severity=cfg.test_severity,
+                test_dataset=cfg.test_dataset,
+                num_examples=data.num_examples,
                 num_train_classes=int(pools.train_classes.size),
                 num_eval_classes=int(pools.test_classes.size))
     if cfg.fresh_contexts:
@@ -229,7 +404,14 @@ class ImageICLTask:
 
   def metrics(self, outputs: jax.Array, data: fewshot.ImageContexts
               ) -> dict[str, jax.Array]:
-    return baselines.scores_metrics(outputs, data.y_query)
+    # Contexts of fewer ways than the model was built for use labels 0..W-1
+    # only: score the first W logits (labels are permuted per context in
+    # training, so no logit is tied to a class).
+    ways = data.classes.shape[-1]
+    if ways > outputs.shape[-1]:
+      raise ValueError(f"data: contexts of {ways} ways, but the model scores "
+                       f"only {outputs.shape[-1]} classes.")
+    return baselines.scores_metrics(outputs[..., :ways], data.y_query)
 
   def summary(self, datasets: base.Datasets) -> dict[str, float]:
     test = datasets.evals["test"]
