@@ -48,6 +48,7 @@ from flax import nnx
 
 from experiments import toolkit
 from gdattn import lm
+from gdattn import lm_ops
 from gdattn import sampling
 from gdattn import tasks
 from gdattn.data import text
@@ -144,6 +145,10 @@ def record_of(family, depth, run, workdir, wall, resumed):
                   for i in range(len(trained.members))]
     gaps = {k: np.mean([g[k] for g in per_member], axis=0).tolist()
             for k in per_member[0]}
+    # The authors' analyze_wte statistic, on the embeddings E uses.
+    gaps["mean_ratio"] = float(np.mean([
+        lm_ops.mean_embedding_ratio(trained.model(i).tok.token_embedding())
+        for i in range(len(trained.members))]))
   return {
       "family": family, "model": name, "depth": depth,
       # GPT blocks always have an MLP; the Hybrid's GD steps follow
@@ -434,16 +439,21 @@ def markdown(out):
             " embeddings w_v, the same distance over the embeddings' rms norm"
             " (‖m‖ is small when the embeddings are centred) and"
             " cos(E(f_k), m). f_0 = 0 gives E = m exactly;"
-            " E(f_K) is what one more step would use.", "",
-            "| model | K | ‖E − m‖ / ‖m‖ per step |"
+            " E(f_K) is what one more step would use. ‖m‖ / mean ‖w_v‖ is"
+            " the original authors' check of the embeddings (their"
+            " analyze_wte script): near 0 when the embeddings cancel, so that"
+            " E(0) = m is near 0.", "",
+            "| model | K | ‖m‖ / mean ‖w_v‖ | ‖E − m‖ / ‖m‖ per step |"
             " ‖E − m‖ / rms ‖w_v‖ per step | cosine per step |",
-            "|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|"]
   for r in rows:
     g = r["embedding_gap"]
     if g is None:
       continue
     fmt = lambda vs: " / ".join(f"{v:.3f}" for v in vs)
+    ratio = g.get("mean_ratio")  # absent from records made before it
     lines.append(f"| {FAMILIES[r['family']][2]} | {r['depth']} |"
+                 f" {'—' if ratio is None else f'{ratio:.3f}'} |"
                  f" {fmt(g['relative'])} | {fmt(g['scaled'])} |"
                  f" {fmt(g['cosine'])} |")
   lines += ["", "![validation loss against parameters and FLOPs]"

@@ -122,6 +122,29 @@ def embedding_gap(f_NxE: ArrayLike, w_VxE: ArrayLike,
   return {"relative": gap / m_norm, "scaled": gap / rms, "cosine": cosine}
 
 
+def mean_embedding_ratio(w_VxE: ArrayLike) -> jax.Array:
+  """||mean_v w_v|| / mean_v ||w_v||: how small the mean embedding is.
+
+  The original authors' check of a trained model's embeddings: a ratio
+  near 0 means the vocabulary's embeddings nearly cancel, so E(f) at f = 0
+  (their mean) is near 0. `embedding_gap` asks the complementary question,
+  whether E(f_k) stays at that mean after the steps.
+
+  Args:
+    w_VxE: embeddings of the vocabulary (those used in E).
+
+  Returns:
+    a scalar.
+
+  References: arXiv:2405.17248, section 5.
+  """
+  w_VxE = jnp.asarray(w_VxE)
+  if w_VxE.ndim != 2:
+    raise ValueError(f"w_VxE must be [V, E], got shape {w_VxE.shape}")
+  return (jnp.linalg.norm(jnp.mean(w_VxE, axis=0))
+          / jnp.mean(jnp.linalg.norm(w_VxE, axis=-1)))
+
+
 def token_nll(h_NxE: ArrayLike, w_VxE: ArrayLike, targets_N: ArrayLike,
               chunk_size: int | None = None) -> jax.Array:
   """Per-token cross-entropy -log softmax(W h)[target], optionally chunked.

@@ -240,6 +240,22 @@ def test_embedding_gap_zero_at_uniform_logits_and_matches_numpy(x64):
   assert np.all(want["relative"] > 1e-3)
 
 
+def test_mean_embedding_ratio(x64):
+  # Embeddings that cancel exactly: 0. Identical embeddings: 1.
+  w = np.asarray(jax.random.normal(jax.random.key(5), (VOCAB, DIM)))
+  cancel = np.concatenate([w, -w])
+  chex.assert_trees_all_close(lm_ops.mean_embedding_ratio(cancel), 0.0,
+                              atol=F64_TOL)
+  same = np.tile(w[:1], (VOCAB, 1))
+  chex.assert_trees_all_close(lm_ops.mean_embedding_ratio(same), 1.0,
+                              atol=F64_TOL)
+  want = np.linalg.norm(w.mean(0)) / np.linalg.norm(w, axis=1).mean()
+  chex.assert_trees_all_close(lm_ops.mean_embedding_ratio(w), want,
+                              atol=F64_TOL, rtol=0)
+  with pytest.raises(ValueError, match="w_VxE must be"):
+    lm_ops.mean_embedding_ratio(w[0])
+
+
 def test_step_values_equal_reference_trajectory_and_gap(x64):
   s = 0.7
   lrs, tokens = _setup(3)
