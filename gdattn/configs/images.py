@@ -10,6 +10,10 @@ Variants (`--config=gdattn/configs/images.py[:VARIANT]`):
              same test contexts are reported beside them.
              python -m experiments.main --config=gdattn/configs/images.py --workdir=runs/images
   smoke      seconds: scikit-learn's 8x8 digits (offline in the wheel).
+  smoke_e2e  smoke with the CNN backbone inside GD, trained end to end
+             through the in-context loss (data.features=end_to_end, random
+             backbone init); the same config with data.features=cnn is the
+             frozen-backbone twin.
   glyphs     ~1000 glyph classes rendered from matplotlib's fonts, 90/10
              held-out classes: test contexts use classes never seen in
              training (the paper's 900/100 ImageNet split).
@@ -28,9 +32,10 @@ from gdattn.configs import synthetic
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
   variant = arg or "demo"
-  if variant not in ("demo", "smoke", "glyphs", "paper"):
+  variants = ("demo", "smoke", "smoke_e2e", "glyphs", "paper")
+  if variant not in variants:
     raise ValueError(
-        f"config arg must be one of demo, smoke, glyphs, paper; got {arg!r}")
+        f"config arg must be one of {', '.join(variants)}; got {arg!r}")
   c = synthetic.get_config("paper")  # the model, optim and train sections
   c.task = "image_icl"
   c.models = ("gd", "trained_tf")
@@ -38,7 +43,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.data = config_dict.ConfigDict(dict(
       dataset="fashion_mnist", data_dir=config_dict.placeholder(str),
       cache_dir=config_dict.placeholder(str), features="pca", pca_dim=64,
-      centre=True, l2=True, cnn_epochs=1, cnn_feature_dim=64, ways=5,
+      centre=True, l2=True, cnn_epochs=1, cnn_feature_dim=64,
+      backbone_init="pretrained", train_backbone=True, ways=5,
       shots=10, num_queries=1, split="same_classes", held_out_fraction=0.1,
       eval_fraction=0.3, num_train=2048, num_val=1024, num_test=1024,
       fresh_contexts=False, steps_per_epoch=4, glyph_classes=1000,
@@ -50,7 +56,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.train.num_epochs = 100
   c.train.eval_every = 10
   c.train.patience = 5
-  if variant == "smoke":
+  if variant in ("smoke", "smoke_e2e"):
     c.data.dataset = "digits"
     c.data.pca_dim = 16
     c.data.shots = 4
@@ -64,6 +70,13 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     c.train.eval_batch_size = 32
     c.train.progress = False
     c.optim.learning_rate = 5e-2
+  if variant == "smoke_e2e":
+    c.models = ("gd",)
+    c.data.features = "end_to_end"
+    c.data.backbone_init = "random"
+    c.data.cnn_feature_dim = 16
+    c.data.l2 = False
+    c.train.num_epochs = 4
   elif variant == "glyphs":
     c.data.dataset = "glyphs"
     c.data.split = "held_out_classes"

@@ -106,29 +106,37 @@ def _as_nhwc(images_MxHxW: np.ndarray) -> np.ndarray:
   return x[..., None] if x.ndim == 3 else x
 
 
-def cnn_features(dataset: images_lib.ImageDataset, train_examples: np.ndarray,
-                 *, epochs: int = 1, feature_dim: int = 64, width: int = 16,
-                 batch_size: int = 128, learning_rate: float = 3e-3,
-                 seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                 use_cache: bool = True) -> np.ndarray:
-  """[M, feature_dim] CNN features of every image, the CNN trained on
-  `train_examples` only (classification of their classes, Adam).
+def _cnn_settings(epochs, feature_dim, width, batch_size, learning_rate,
+                  seed):
+  return dict(epochs=epochs, feature_dim=feature_dim, width=width,
+              batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+              version=1)
 
-  Cached as .npy keyed by a hash of the images, labels, train_examples and
-  every setting, so a second call with the same inputs costs a file read.
+
+def cnn_params(dataset: images_lib.ImageDataset, train_examples: np.ndarray,
+               *, epochs: int = 1, feature_dim: int = 64, width: int = 16,
+               batch_size: int = 128, learning_rate: float = 3e-3,
+               seed: int = 0, cache_dir: str | os.PathLike | None = None,
+               use_cache: bool = True) -> dict:
+  """The parameters (nnx pure dict) of a `CNN` trained by classification of
+  the classes of `train_examples` only (Adam), its head included.
+
+  Cached as .npz keyed like `cnn_features`; a later end-to-end model starts
+  from them, and `cnn_features` embeds with them.
   """
   if dataset.images is None:
-    raise ValueError("dataset: cnn_features needs images, got features "
+    raise ValueError("dataset: a CNN needs images, got features "
                      f"({dataset.source}).")
   train_examples = np.asarray(train_examples, np.int64)
-  settings = dict(epochs=epochs, feature_dim=feature_dim, width=width,
-                  batch_size=batch_size, learning_rate=learning_rate,
-                  seed=seed, version=1)
+  settings = _cnn_settings(epochs, feature_dim, width, batch_size,
+                           learning_rate, seed)
   key = images_lib.cache_key(settings, dataset.images, dataset.labels,
                              train_examples)
-  path = images_lib.cache_dir(cache_dir) / f"cnn-{key}.npy"
+  path = images_lib.cache_dir(cache_dir) / f"cnn-params-{key}.npz"
   if use_cache and path.is_file():
-    return np.load(path)
+    with np.load(path) as stored:
+      flat = {tuple(k.split("/")): stored[k] for k in stored.files}
+    return nnx.traversals.unflatten_mapping(flat)
   x = _as_nhwc(dataset.images)
   classes, y = np.unique(dataset.labels[train_examples], return_inverse=True)
   model = CNN(in_channels=x.shape[-1], num_classes=classes.size,
@@ -150,6 +158,48 @@ def cnn_features(dataset: images_lib.ImageDataset, train_examples: np.ndarray,
     for i in range(0, order.size - batch_size + 1, batch_size):
       b = order[i:i + batch_size]
       step(model, opt, jnp.asarray(x_train[b]), jnp.asarray(y_train[b]))
+  params = jax.tree.map(np.asarray,
+                        nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  if use_cache:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    flat = nnx.traversals.flatten_mapping(params)
+    np.savez(tmp, **{"/".join(map(str, k)): v for k, v in flat.items()})
+    os.replace(tmp, path)
+  return params
+
+
+def cnn_features(dataset: images_lib.ImageDataset, train_examples: np.ndarray,
+                 *, epochs: int = 1, feature_dim: int = 64, width: int = 16,
+                 batch_size: int = 128, learning_rate: float = 3e-3,
+                 seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 use_cache: bool = True) -> np.ndarray:
+  """[M, feature_dim] CNN features of every image, the CNN trained on
+  `train_examples` only (`cnn_params`).
+
+  Cached as .npy keyed by a hash of the images, labels, train_examples and
+  every setting, so a second call with the same inputs costs a file read.
+  """
+  if dataset.images is None:
+    raise ValueError("dataset: cnn_features needs images, got features "
+                     f"({dataset.source}).")
+  train_examples = np.asarray(train_examples, np.int64)
+  settings = _cnn_settings(epochs, feature_dim, width, batch_size,
+                           learning_rate, seed)
+  key = images_lib.cache_key(settings, dataset.images, dataset.labels,
+                             train_examples)
+  path = images_lib.cache_dir(cache_dir) / f"cnn-{key}.npy"
+  if use_cache and path.is_file():
+    return np.load(path)
+  params = cnn_params(dataset, train_examples, epochs=epochs,
+                      feature_dim=feature_dim, width=width,
+                      batch_size=batch_size, learning_rate=learning_rate,
+                      seed=seed, cache_dir=cache_dir, use_cache=use_cache)
+  x = _as_nhwc(dataset.images)
+  model = CNN(in_channels=x.shape[-1],
+              num_classes=params["head"]["kernel"].shape[-1],
+              feature_dim=feature_dim, width=width, rngs=nnx.Rngs(seed))
+  nnx.update(model, nnx.State(jax.tree.map(jnp.asarray, params)))
   embed = nnx.jit(lambda m, xb: m.features(xb))
   out = np.concatenate([np.asarray(embed(model, jnp.asarray(x[i:i + 1024])))
                         for i in range(0, x.shape[0], 1024)])

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gdattn import backbone_gd
 from gdattn import baselines
 from gdattn import config as config_lib
 from gdattn import metrics
@@ -30,6 +31,10 @@ from gdattn.data import images as images_lib
 from gdattn.tasks import base
 
 DATASETS = ("fashion_mnist", "digits", "glyphs", "feature_store")
+# "end_to_end": contexts carry the images and the model holds the backbone
+# (gdattn.backbone_gd), trained through the in-context loss.
+FEATURES = features_lib.FEATURE_KINDS + ("end_to_end",)
+BACKBONE_INITS = ("pretrained", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +45,21 @@ class DataConfig:
     dataset: one of DATASETS or "tfds:<name>".
     data_dir: dataset folder; the .npz of features for "feature_store".
     cache_dir: folder of the glyph / CNN caches (None = ~/.cache).
-    features: "raw" pixels, "pca", a small "cnn", or "store"d features.
+    features: "raw" pixels, "pca", a small "cnn", "store"d features, or
+      "end_to_end": contexts carry images [B, N, H, W] and each model runs
+      the small CNN itself before its head (gdattn.backbone_gd), the CNN
+      trained through the in-context loss.
     pca_dim: output dimension of "pca".
-    centre: subtract the training mean (raw / cnn / store).
+    centre: subtract the training mean (raw / cnn / store); with
+      "end_to_end", each context's own mean feature (inside the model).
     l2: L2-normalise the features last.
     cnn_epochs: training epochs of the "cnn" feature extractor.
     cnn_feature_dim: output dimension of the "cnn" features.
+    backbone_init: "end_to_end" only: the backbone starts as the "pretrained"
+      CNN (the "cnn" features' classifier, cnn_epochs on the training
+      classes) or "random".
+    train_backbone: "end_to_end" only: False freezes the backbone (the
+      frozen baseline with the end-to-end model's per-context centring).
     ways: W, classes per context.
     shots: S, examples per class in a context; N = W * S.
     num_queries: T, query images per context.
@@ -81,6 +95,8 @@ class DataConfig:
   l2: bool = False
   cnn_epochs: int = 1
   cnn_feature_dim: int = 64
+  backbone_init: str = "pretrained"
+  train_backbone: bool = True
   ways: int = 5
   shots: int = 10
   num_queries: int = 1
@@ -178,7 +194,8 @@ class FeatureSource:
     cfg: the data config it was built from.
     data: the training data set.
     pools: its train / val / test pools.
-    x_MxD: [M, D] float32 clean features of every example.
+    x_MxD: [M, D] float32 clean features of every example; with
+      "end_to_end" features, the images [M, H, W(, Ch)] as stored.
     transform: the pixels -> features map fitted on the training images
       ("raw" / "pca" features), or None (no features of new images).
   """
@@ -197,6 +214,12 @@ def feature_source(cfg: DataConfig) -> FeatureSource:
       data.labels, data.split, mode=cfg.split,
       held_out_fraction=cfg.held_out_fraction,
       eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+  if cfg.features == "end_to_end":
+    if data.images is None:
+      raise ValueError("config.data.features: 'end_to_end' needs images, got "
+                       f"features ({data.source}).")
+    return FeatureSource(cfg=cfg, data=data, pools=pools, x_MxD=data.images,
+                         transform=None)
   transform = _pixel_transform(cfg, data, pools.train_examples)
   x = (transform(data.flat()) if transform is not None
        else make_features(cfg, data, pools.train_examples))
@@ -302,8 +325,23 @@ class ImageICLTask:
     config_lib.require(d.dataset != "feature_store" or bool(d.data_dir),
              "data.data_dir", "the .npz path for dataset='feature_store'",
              d.data_dir)
-    config_lib.require(d.features in features_lib.FEATURE_KINDS, "data.features",
-             f"one of {features_lib.FEATURE_KINDS}", d.features)
+    config_lib.require(d.features in FEATURES, "data.features",
+             f"one of {FEATURES}", d.features)
+    config_lib.require(
+        d.features != "end_to_end" or d.dataset != "feature_store",
+        "data.features", "'end_to_end' only on images, not feature_store",
+        d.features)
+    config_lib.require(d.backbone_init in BACKBONE_INITS, "data.backbone_init",
+                       f"one of {BACKBONE_INITS}", d.backbone_init)
+    config_lib.require(isinstance(d.train_backbone, bool),
+                       "data.train_backbone", "a bool", d.train_backbone)
+    e2e_defaults = DataConfig()
+    for field in ("backbone_init", "train_backbone"):
+      config_lib.require(
+          d.features == "end_to_end"
+          or getattr(d, field) == getattr(e2e_defaults, field),
+          f"data.{field}", "its default unless features='end_to_end'",
+          getattr(d, field))
     config_lib.require(d.features != "store" or d.dataset == "feature_store",
              "data.features", "'store' only with dataset='feature_store'",
              d.features)
@@ -381,6 +419,9 @@ class ImageICLTask:
                 num_examples=data.num_examples,
                 num_train_classes=int(pools.train_classes.size),
                 num_eval_classes=int(pools.test_classes.size))
+    if cfg.features == "end_to_end":
+      info.update(input_dim=cfg.cnn_feature_dim,
+                  backbone=_backbone_info(cfg, source))
     if cfg.fresh_contexts:
       table = tables["train"]
       sample = lambda key, batch_size: fewshot.sample_contexts(
@@ -392,6 +433,13 @@ class ImageICLTask:
 
   def make_model(self, name: str, model_cfg: models.ICLModelConfig,
                  info: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+    if info.get("backbone") is not None:
+      if name not in self.model_names:
+        raise ValueError(f"model name must be one of {self.model_names}, got "
+                         f"{name!r}")
+      return backbone_gd.make_backbone_gd(
+          name, model_cfg, num_classes=info["num_classes"], rngs=rngs,
+          **info["backbone"])
     return models.make_icl_model(name, model_cfg, input_dim=info["input_dim"],
                                  num_classes=info["num_classes"], rngs=rngs)
 
@@ -416,14 +464,46 @@ class ImageICLTask:
   def summary(self, datasets: base.Datasets) -> dict[str, float]:
     test = datasets.evals["test"]
     ways = datasets.info["num_classes"]
+    x_ctx, x_query, prefix = test.x_ctx, test.x_query, ""
+    if x_ctx.ndim > 3:
+      # Image contexts ("end_to_end"): the references see pixels in [0, 1],
+      # each context centred on its own mean, as the model's features are.
+      flat = lambda x: _unit(x).reshape(x.shape[:2] + (-1,))
+      x_ctx, x_query, prefix = flat(x_ctx), flat(x_query), "pixel_"
+      mean = x_ctx.mean(1, keepdims=True)
+      x_ctx, x_query = x_ctx - mean, x_query - mean
     out = {}
     for short, name in (("logreg", "logistic_regression"),
                         ("ncm", "nearest_class_mean")):
       scores = jax.jit(baselines.batched(name, ways=ways))(
-          test.x_ctx, test.y_ctx, test.x_query)
+          x_ctx, test.y_ctx, x_query)
       for key, value in baselines.scores_metrics(scores, test.y_query).items():
-        out[f"{short}_{key}"] = float(value)
+        out[f"{prefix}{short}_{key}"] = float(value)
     return out
+
+
+def _unit(images: jax.Array) -> jax.Array:
+  """Images as float32 in [0, 1] (uint8 scaled by 1/255)."""
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+def _backbone_info(cfg: DataConfig, source: FeatureSource) -> dict[str, Any]:
+  """make_backbone_gd's keyword arguments (the pretrained CNN's parameters
+  when backbone_init == "pretrained", trained on the training pool only)."""
+  images = source.data.images
+  params = None
+  if cfg.backbone_init == "pretrained":
+    params = features_lib.cnn_params(
+        source.data, source.pools.train_examples, epochs=cfg.cnn_epochs,
+        feature_dim=cfg.cnn_feature_dim, seed=cfg.seed,
+        cache_dir=cfg.cache_dir)
+  return dict(in_channels=1 if images.ndim == 3 else int(images.shape[-1]),
+              feature_dim=cfg.cnn_feature_dim,
+              backbone_classes=int(source.pools.train_classes.size),
+              backbone_params=params, centre=cfg.centre, l2=cfg.l2,
+              train_backbone=cfg.train_backbone)
 
 
 TASK = ImageICLTask()
