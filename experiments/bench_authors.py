@@ -30,11 +30,23 @@ gdattn draws its fixed contexts once.
 --layers and --repeats are experiments/bench_train.py's flags (imported with
 it; other flags of that module are listed by --help but unused here).
 
-Measured on a shared 2-core CPU machine (no GPU), load average about 6-7
-from a long training run and other jobs beside this one, nice 19; authors'
-side jax 0.4.30 on 1 CPU device, gdattn's jax 0.12:
+Measured with --epochs=3 --repeats=3 (--layers=1,2, both models) on a
+shared 2-core CPU machine without GPU, nice 19, beside a long training run and
+other jobs: load average 5.7 at the start, 8.6-11.8 during the rounds (the
+authors' idle drivers waiting on stdin add none); authors' side jax 0.4.30 on
+1 CPU device, gdattn's jax 0.12. The four drivers' set-ups ran together:
+set-up 368-411 s, warm-up (compiling) epoch 220-287 s each; gdattn compile
+36-94 s. Absolute times are inflated by the load; read the ratios.
 
-  (table filled in below after the run)
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  gd          1       12.953  11.193   2.14      0.0322  0.0291    402.3x
+  gd          2       19.064  18.400   1.66      0.9563  0.7270     19.9x
+  trained_tf  1       11.907  11.365   2.16      1.0558  0.9095     11.3x
+  trained_tf  2       20.915  18.253   2.17      8.4571  7.2781      2.5x
+
+Even without the authors' per-epoch re-draw ("draw", ~2 s) their epochs stay
+~9-19 s here, against the 3.43 (GD K=1), 6.03 (GD K=2) and 3.56 (Trained TF
+K=1) s/epoch measured for their code on another, less loaded machine.
 """
 
 import json
@@ -184,7 +196,7 @@ def main(argv):
     o = ours[s].epoch_all_s
     print(f"{s[0]:<10} {s[1]:>2} {statistics.median(a):>12.3f} {min(a):>7.3f}"
           f" {statistics.median(d):>6.2f} {statistics.median(o):>11.4f}"
-          f" {min(o):>7.4f} {statistics.median(a) / statistics.median(o):>7.0f}x")
+          f" {min(o):>7.4f} {statistics.median(a) / statistics.median(o):>8.1f}x")
   print(f"median / min over {repeats} rounds of {epochs} epochs; draw: the"
         " authors' per-epoch re-draw of the training contexts (median)")
   print(f"\ntotal wall time {time.perf_counter() - start:.0f} s, load average"
