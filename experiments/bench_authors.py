@@ -45,7 +45,7 @@ set-up 368-411 s, warm-up (compiling) epoch 220-287 s each; gdattn compile
   trained_tf  2       20.915  18.253   2.17      8.4571  7.2781      2.5x
 
 Even without the authors' per-epoch re-draw ("draw", ~2 s) their epochs stay
-~9-19 s here, against the 3.43 (GD K=1), 6.03 (GD K=2) and 3.56 (Trained TF
+~10-19 s here, against the 3.43 (GD K=1), 6.03 (GD K=2) and 3.56 (Trained TF
 K=1) s/epoch measured for their code on another, less loaded machine.
 """
 
