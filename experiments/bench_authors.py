@@ -1,0 +1,208 @@
+"""Training speed: the authors' own JAX code next to gdattn, in the same run.
+
+Run (from the repository root; the authors' code and an environment with
+their dependencies live outside the repository):
+
+    python -m experiments.bench_authors \
+        --authors_src=<their repository>/src/experiments_jax \
+        --authors_python=<venv>/bin/python --epochs=3 --repeats=3
+
+The authors' environment: Python 3.12 with jax/jaxlib 0.4.30, dm-haiku
+0.0.12, optax 0.2.3, chex 0.1.86, ml_collections, numpy < 2, absl-py (pip).
+Their code runs in a subprocess under that Python (experiments/authors_driver.py,
+which lists the run-time stand-ins their code needs on such a machine); this
+process runs gdattn. Per model and K, one driver process is started for all
+rounds (set-up and its warm-up epoch, which compiles, are excluded), and
+gdattn's `train.make_trainer(...).program.run_epochs` is compiled ahead of
+time as in experiments/bench_train.py. Then --repeats rounds alternate, per
+model and K: the authors' --epochs epochs, then gdattn's --epochs epochs, so
+a drifting load hits both. A round's s/epoch is its mean over its epochs; the
+table gives the median and min over rounds, the speed-up median over median.
+
+Same setting on both sides: the paper's high_dim task, C=25, d=10, N=125,
+e=5, L=2048 fixed training contexts, minibatches of 512 (4 updates per
+epoch), softmax kernel, one seed. One epoch of theirs is one pass of their
+training loop without its every-100-steps evaluation: it draws the 2048
+contexts again from their fixed key (op by op, outside jit), permutes them and
+makes 4 updates (details in authors_driver.py); "draw" is that re-draw's share.
+gdattn draws its fixed contexts once.
+
+--layers and --repeats are experiments/bench_train.py's flags (imported with
+it; other flags of that module are listed by --help but unused here).
+
+Measured with --epochs=3 --repeats=3 (--layers=1,2, both models) on a
+shared 2-core CPU machine without GPU, nice 19, beside a long training run and
+other jobs: load average 5.7 at the start, 8.6-11.8 during the rounds (the
+authors' idle drivers waiting on stdin add none); authors' side jax 0.4.30 on
+1 CPU device, gdattn's jax 0.12. The four drivers' set-ups ran together:
+set-up 368-411 s, warm-up (compiling) epoch 220-287 s each; gdattn compile
+36-94 s. Absolute times are inflated by the load; read the ratios.
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  gd          1       12.953  11.193   2.14      0.0322  0.0291    402.3x
+  gd          2       19.064  18.400   1.66      0.9563  0.7270     19.9x
+  trained_tf  1       11.907  11.365   2.16      1.0558  0.9095     11.3x
+  trained_tf  2       20.915  18.253   2.17      8.4571  7.2781      2.5x
+
+Even without the authors' per-epoch re-draw ("draw", ~2 s) their epochs stay
+~10-19 s here, against the 3.43 (GD K=1), 6.03 (GD K=2) and 3.56 (Trained TF
+K=1) s/epoch measured for their code on another, less loaded machine.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import time
+
+from absl import app
+from absl import flags
+
+from experiments import bench_train
+from gdattn import tasks
+
+_AUTHORS_SRC = flags.DEFINE_string(
+    "authors_src", None, "Folder of the authors' src/experiments_jax.")
+_AUTHORS_PYTHON = flags.DEFINE_string(
+    "authors_python", None, "Python of an environment with the authors'"
+    " dependencies (jax 0.4.x, dm-haiku, optax, ml_collections).")
+_MODELS = flags.DEFINE_list("models", ["gd", "trained_tf"],
+                            "Models to time: gd, trained_tf.")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per timed round, each side.")
+_AUTHORS_LOG = flags.DEFINE_string(
+    "authors_log", None, "File for the authors' processes' stderr (their"
+    " prints); default: discarded.")
+
+MODELS = ("gd", "trained_tf")
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "authors_driver.py")
+
+
+def check_settings(models, layers, epochs, repeats, authors_src,
+                   authors_python) -> tuple[list[str], list[int]]:
+  """Validates the flags before anything starts; returns (models, layers)."""
+  models = [m.strip() for m in models]
+  bad = [m for m in models if m not in MODELS]
+  if not models or bad:
+    raise ValueError(f"--models must name some of {MODELS}, got {models}")
+  try:
+    ks = [int(k) for k in layers]
+  except ValueError:
+    raise ValueError(f"--layers must be integers, got {layers}") from None
+  if not ks or min(ks) < 1:
+    raise ValueError(f"--layers must be integers >= 1, got {layers}")
+  if epochs < 1 or repeats < 1:
+    raise ValueError(f"--epochs and --repeats must be >= 1, got {epochs},"
+                     f" {repeats}")
+  if not authors_src or not os.path.isfile(
+      os.path.join(authors_src, "train.py")):
+    raise ValueError("--authors_src must be the authors' src/experiments_jax"
+                     f" folder (with train.py), got {authors_src!r}")
+  if not authors_python or not os.access(authors_python, os.X_OK):
+    raise ValueError("--authors_python must be an executable Python, got"
+                     f" {authors_python!r}")
+  return models, ks
+
+
+class AuthorsProcess:
+  """One authors_driver.py process for one (model, K)."""
+
+  def __init__(self, python, src, model, layers, log):
+    self.model, self.layers = model, layers
+    self.proc = subprocess.Popen(
+        [python, DRIVER, f"--src={src}", f"--model={model}",
+         f"--layers={layers}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+        cwd=os.path.dirname(DRIVER))
+    self.ready = None
+    self.rounds = []
+
+  def _read(self):
+    for line in self.proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    raise RuntimeError(f"authors' {self.model} K={self.layers} driver ended"
+                       f" (exit {self.proc.wait()}); see --authors_log")
+
+  def wait_ready(self):
+    self.ready = self._read()
+    return self.ready
+
+  def run(self, epochs):
+    self.proc.stdin.write(f"{epochs}\n")
+    self.proc.stdin.flush()
+    record = self._read()
+    self.rounds.append(record)
+    return record
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.stdin.write("quit\n")
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+
+
+def _round_mean(values):
+  return sum(values) / len(values)
+
+
+def main(argv):
+  del argv
+  models, layers = check_settings(
+      _MODELS.value, bench_train._LAYERS.value, _EPOCHS.value,
+      bench_train._REPEATS.value, _AUTHORS_SRC.value, _AUTHORS_PYTHON.value)
+  epochs, repeats = _EPOCHS.value, bench_train._REPEATS.value
+  import jax  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  print(f"bench_authors: gdattn on jax {jax.__version__}, {os.cpu_count()}"
+        f" CPUs, load average {os.getloadavg()[0]:.1f}; {epochs} epochs per"
+        f" round, {repeats} rounds, alternating authors / gdattn", flush=True)
+  log = open(_AUTHORS_LOG.value, "w") if _AUTHORS_LOG.value else subprocess.DEVNULL
+  settings = [(m, k) for m in models for k in layers]
+  # Set-up (imports, their init, the compiling warm-up epoch) is not timed:
+  # all drivers start together to save wall time.
+  authors = {s: AuthorsProcess(_AUTHORS_PYTHON.value,
+                               os.path.abspath(_AUTHORS_SRC.value), *s, log)
+             for s in settings}
+  datasets = tasks.get("synthetic").make_datasets(
+      bench_train.paper_config(1, "gd").data)
+  ours = {s: bench_train.prepare_training(bench_train.paper_config(s[1], s[0]),
+                                          s[0], datasets, epochs)
+          for s in settings}
+  try:
+    for s, p in authors.items():
+      r = p.wait_ready()
+      print(f"authors {s[0]} K={s[1]}: jax {r['jax']}, {r['devices']} device(s),"
+            f" set-up {r['setup_s']:.0f} s, warm-up epoch {r['warmup_s']:.1f} s,"
+            f" lr {r['lr']}; gdattn compile {ours[s].compile_s:.1f} s",
+            flush=True)
+    for i in range(repeats):
+      for s in settings:
+        a = authors[s].run(epochs)
+        bench_train.time_training([ours[s]], 1, interleave=False)
+        print(f"round {i + 1} {s[0]} K={s[1]}: authors"
+              f" {_round_mean(a['epoch_s']):.3f} s/epoch (draw"
+              f" {_round_mean(a['draw_s']):.3f}), gdattn"
+              f" {ours[s].epoch_all_s[-1]:.4f} s/epoch,"
+              f" load {os.getloadavg()[0]:.1f}", flush=True)
+  finally:
+    for p in authors.values():
+      p.close()
+  print(f"\n{'model':<10} {'K':>2} {'authors s/ep':>12} {'min':>7}"
+        f" {'draw':>6} {'gdattn s/ep':>11} {'min':>7} {'speed-up':>8}")
+  for s in settings:
+    a = [_round_mean(r["epoch_s"]) for r in authors[s].rounds]
+    d = [_round_mean(r["draw_s"]) for r in authors[s].rounds]
+    o = ours[s].epoch_all_s
+    print(f"{s[0]:<10} {s[1]:>2} {statistics.median(a):>12.3f} {min(a):>7.3f}"
+          f" {statistics.median(d):>6.2f} {statistics.median(o):>11.4f}"
+          f" {min(o):>7.4f} {statistics.median(a) / statistics.median(o):>8.1f}x")
+  print(f"median / min over {repeats} rounds of {epochs} epochs; draw: the"
+        " authors' per-epoch re-draw of the training contexts (median)")
+  print(f"\ntotal wall time {time.perf_counter() - start:.0f} s, load average"
+        f" now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  flags.FLAGS.set_default("layers", ["1", "2"])
+  app.run(main)
