@@ -296,6 +296,14 @@ def main(argv):
   t0 = time.time()
   records = {}
   info = None
+  # A finished run is only loaded again: keep the training time recorded
+  # when it trained (in this sweep's results or progress file), not the load.
+  trained_walls = {}
+  for old_path in (path, progress):
+    if os.path.exists(old_path):
+      for r in toolkit.load_json(old_path).get("records", {}).values():
+        if not r.get("resumed", True) or r["workdir"] not in trained_walls:
+          trained_walls[r["workdir"]] = r["wall_s"]
   for family, depth in jobs():
     cfg = run_config(family, depth, _EPOCHS.value, _SEEDS.value, _QUICK.value)
     key = f"{family}_K{depth}"
@@ -306,7 +314,8 @@ def main(argv):
     start = time.time()
     run, workdir = toolkit.train_in(runs_dir, key, cfg)
     wall = time.time() - start
-    records[key] = record_of(family, depth, run, workdir, wall, resumed)
+    records[key] = record_of(family, depth, run, workdir,
+                             trained_walls.get(workdir, wall), resumed)
     info = {k: v for k, v in run.datasets.info.items() if k != "documents"}
     r = records[key]
     print(f"    non-embedding {r['params']['non_embedding']:,} params,"
@@ -326,7 +335,9 @@ def main(argv):
                    "learning_rate": cfg0.optim.learning_rate,
                    "num_val": cfg0.data.num_val, "num_test": cfg0.data.num_test,
                    "seeds": _SEEDS.value, "quick": _QUICK.value},
-         "wall_s": round(time.time() - t0, 1),
+         # Training time of every run, also of runs trained by earlier calls.
+         "wall_s": round(sum(r["wall_s"] for r in records.values()), 1),
+         "session_s": round(time.time() - t0, 1),
          "command": toolkit.command_line(), "jax": jax.__version__,
          "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
   toolkit.write_results(_OUT.value, name, out, plot, markdown)
