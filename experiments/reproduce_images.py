@@ -37,6 +37,7 @@ from experiments import toolkit
 from gdattn import baselines
 from gdattn import config as config_lib
 from gdattn.configs import images
+from gdattn.data import corruptions
 from gdattn.data import fewshot
 from gdattn.tasks import image_icl
 
@@ -81,15 +82,6 @@ def config_for(model, kernel, epochs, layers=1):
   return config_lib.from_configdict(c)
 
 
-def parse_shift(text):
-  """'blur:1.5' -> dict(corruption='blur', severity=1.5); 'dataset:x' ->
-  dict(dataset='x')."""
-  head, _, tail = text.partition(":")
-  if head == "dataset":
-    return {"dataset": tail}
-  return {"corruption": head, "severity": float(tail) if tail else 1.0}
-
-
 def evaluate_all(ctx, runs, ways):
   """Accuracy and NLL of every model and baseline on contexts ctx."""
   row = {}
@@ -117,7 +109,7 @@ def shift_table(source, runs, shifts):
   out = {"clean": evaluate_all(image_icl.test_contexts(source), runs, ways)}
   for text in shifts:
     out[text] = evaluate_all(
-        image_icl.test_contexts(source, **parse_shift(text)), runs, ways)
+        image_icl.test_contexts(source, **corruptions.parse_shift(text)), runs, ways)
   return out
 
 
@@ -148,6 +140,11 @@ def shots_sweep(test, runs, shots):
 def main(argv):
   del argv
   toolkit.quiet_logging()
+  for text in _SHIFT.value:  # a bad --shift fails before any training
+    try:
+      corruptions.parse_shift(text)
+    except ValueError as e:
+      raise app.UsageError(f"--shift: {e}") from None
   t0 = time.time()
   runs, rows, info = {}, {}, None
   jobs = [(f"GD K=1 ({k})", "gd", k, _EPOCHS.value, 1)

@@ -55,3 +55,19 @@ def test_bad_input_names_the_argument():
     corruptions.blur(_images(), -1.0)
   with pytest.raises(ValueError, match="images: expected"):
     corruptions.contrast(np.zeros((3, 3)), 1.0)
+
+
+def test_parse_shift():
+  assert corruptions.parse_shift("blur") == {"corruption": "blur",
+                                             "severity": 1.0}
+  assert corruptions.parse_shift("gaussian_noise:0.2") == {
+      "corruption": "gaussian_noise", "severity": 0.2}
+  assert corruptions.parse_shift("dataset:digits") == {"dataset": "digits"}
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("blurry", "shift must be one of"), ("dataset:", "needs a name"),
+    ("contrast:high", "severity must be a number")])
+def test_parse_shift_errors(spec, match):
+  with pytest.raises(ValueError, match=match):
+    corruptions.parse_shift(spec)

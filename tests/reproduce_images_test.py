@@ -4,15 +4,18 @@ import json
 import subprocess
 import sys
 
-from experiments import reproduce_images
+# The script is run in a subprocess: importing it here would define its absl
+# flags in the test process, where other scripts' tests define theirs.
 
 
-def test_parse_shift():
-  assert reproduce_images.parse_shift("blur") == {"corruption": "blur",
-                                                  "severity": 1.0}
-  assert reproduce_images.parse_shift("gaussian_noise:0.2") == {
-      "corruption": "gaussian_noise", "severity": 0.2}
-  assert reproduce_images.parse_shift("dataset:digits") == {"dataset": "digits"}
+def test_bad_shift_fails_before_training(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.reproduce_images",
+         "--variant=smoke", "--shift=blurry", f"--runs_dir={tmp_path}/runs",
+         f"--out_dir={tmp_path}"]
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  assert out.returncode != 0
+  assert "--shift: shift must be one of" in out.stderr
+  assert not (tmp_path / "runs").exists()
 
 
 def test_smoke_ways_and_shift_tables(tmp_path):

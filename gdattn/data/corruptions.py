@@ -84,3 +84,30 @@ def corrupt(name: str, images: np.ndarray, severity: float, *,
   if name not in CORRUPTION_FNS:
     raise ValueError(f"name: expected one of {CORRUPTIONS}, got {name!r}.")
   return CORRUPTION_FNS[name](images, severity, seed=seed)
+
+
+def parse_shift(spec: str) -> dict[str, object]:
+  """A test-time shift written as text -> keyword arguments of the test data.
+
+  Args:
+    spec: '<corruption>[:<severity>]' with a corruption of CORRUPTIONS
+      (severity 1.0 when omitted), or 'dataset:<name>' for test contexts
+      drawn from another data set.
+
+  Returns:
+    dict(corruption=..., severity=...) or dict(dataset=...), as
+    `gdattn.tasks.image_icl.test_contexts` takes them.
+  """
+  head, sep, tail = str(spec).partition(":")
+  if head == "dataset":
+    if not tail:
+      raise ValueError(f"shift 'dataset:<name>' needs a name, got {spec!r}")
+    return {"dataset": tail}
+  if head not in CORRUPTIONS:
+    raise ValueError(f"shift must be one of {CORRUPTIONS} (optionally"
+                     f" :severity) or dataset:<name>, got {spec!r}")
+  try:
+    severity = float(tail) if sep else 1.0
+  except ValueError:
+    raise ValueError(f"shift severity must be a number, got {spec!r}") from None
+  return {"corruption": head, "severity": severity}
