@@ -124,14 +124,28 @@ def cnn_params(dataset: images_lib.ImageDataset, train_examples: np.ndarray,
   Cached as .npz keyed like `cnn_features`; a later end-to-end model starts
   from them, and `cnn_features` embeds with them.
   """
-  if dataset.images is None:
-    raise ValueError("dataset: a CNN needs images, got features "
-                     f"({dataset.source}).")
   train_examples = np.asarray(train_examples, np.int64)
-  settings = _cnn_settings(epochs, feature_dim, width, batch_size,
-                           learning_rate, seed)
-  key = images_lib.cache_key(settings, dataset.images, dataset.labels,
-                             train_examples)
+  key = _cnn_key(dataset, train_examples, "a CNN",
+                 _cnn_settings(epochs, feature_dim, width, batch_size,
+                               learning_rate, seed))
+  return _cnn_params(dataset, train_examples, key, epochs=epochs,
+                     feature_dim=feature_dim, width=width,
+                     batch_size=batch_size, learning_rate=learning_rate,
+                     seed=seed, cache_dir=cache_dir, use_cache=use_cache)
+
+
+def _cnn_key(dataset, train_examples, who, settings) -> str:
+  """The cache key of a CNN trained on `train_examples` (hashes the images:
+  computed once per call of the public functions)."""
+  if dataset.images is None:
+    raise ValueError(f"dataset: {who} needs images, got features "
+                     f"({dataset.source}).")
+  return images_lib.cache_key(settings, dataset.images, dataset.labels,
+                              train_examples)
+
+
+def _cnn_params(dataset, train_examples, key, *, epochs, feature_dim, width,
+                batch_size, learning_rate, seed, cache_dir, use_cache):
   path = images_lib.cache_dir(cache_dir) / f"cnn-params-{key}.npz"
   if use_cache and path.is_file():
     with np.load(path) as stored:
@@ -180,21 +194,17 @@ def cnn_features(dataset: images_lib.ImageDataset, train_examples: np.ndarray,
   Cached as .npy keyed by a hash of the images, labels, train_examples and
   every setting, so a second call with the same inputs costs a file read.
   """
-  if dataset.images is None:
-    raise ValueError("dataset: cnn_features needs images, got features "
-                     f"({dataset.source}).")
   train_examples = np.asarray(train_examples, np.int64)
-  settings = _cnn_settings(epochs, feature_dim, width, batch_size,
-                           learning_rate, seed)
-  key = images_lib.cache_key(settings, dataset.images, dataset.labels,
-                             train_examples)
+  key = _cnn_key(dataset, train_examples, "cnn_features",
+                 _cnn_settings(epochs, feature_dim, width, batch_size,
+                               learning_rate, seed))
   path = images_lib.cache_dir(cache_dir) / f"cnn-{key}.npy"
   if use_cache and path.is_file():
     return np.load(path)
-  params = cnn_params(dataset, train_examples, epochs=epochs,
-                      feature_dim=feature_dim, width=width,
-                      batch_size=batch_size, learning_rate=learning_rate,
-                      seed=seed, cache_dir=cache_dir, use_cache=use_cache)
+  params = _cnn_params(dataset, train_examples, key, epochs=epochs,
+                       feature_dim=feature_dim, width=width,
+                       batch_size=batch_size, learning_rate=learning_rate,
+                       seed=seed, cache_dir=cache_dir, use_cache=use_cache)
   x = _as_nhwc(dataset.images)
   model = CNN(in_channels=x.shape[-1],
               num_classes=params["head"]["kernel"].shape[-1],
