@@ -296,12 +296,34 @@ def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model):
   return tag + (f"_pat{patience}" if patience is not None else "")
 
 
+def _sweep_key(mode, model, num_layers, num_train, draw, tag):
+  return f"{mode}/{model}/K{num_layers}/L{num_train}/draw{draw}/{tag}"
+
+
+def _run_record(cfg, res, *, mode, draw, tag, lr, wall_s, resumed, workdir,
+                command):
+  """A sweep record of one finished one-model run (its config and results)."""
+  model, t = cfg.models[0], cfg.train
+  return {
+      "mode": mode, "model": model, "K": cfg.model.num_layers,
+      "L": cfg.data.num_train, "data_seed": draw, "protocol": tag,
+      "init_seeds": [m["seed"] for m in res["members"]],
+      "epochs": t.num_epochs, "eval_every": t.eval_every,
+      "patience": t.patience,
+      "learning_rate": cfg.member_learning_rates(model)[0],
+      "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
+      "stopped_early": res["stopped_early"], "num_params": res["num_params"],
+      "members": res["members"], "bayes": res["bayes"], "wall_s": wall_s,
+      "resumed": resumed, "workdir": workdir, "command": command,
+  }
+
+
 def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
             epochs, eval_every, gd_lr, tf_lr, patience, runs_dir, results_dir,
             command, members_per_step=None):
   """Trains one (model, K, L, draw) with 1 or num_seeds members; merges the result."""
   tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model)
-  key = f"{mode}/{model}/K{num_layers}/L{num_train}/draw{data_seed}/{tag}"
+  key = _sweep_key(mode, model, num_layers, num_train, data_seed, tag)
   lr = gd_lr if model == "gd" else tf_lr
   # The authors' draw is fixed by their keys; data.seed does not enter it.
   data = (dict(name="authors_high_dim", num_train=num_train)
@@ -330,16 +352,10 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
                              "command": command})
     return None
   wall = time.time() - t0
-  record = {
-      **base, "init_seeds": [m["seed"] for m in res["members"]],
-      "epochs": epochs, "eval_every": eval_every, "patience": patience,
-      "learning_rate": cfg.member_learning_rates(model)[0],
-      "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
-      "stopped_early": res["stopped_early"], "num_params": res["num_params"],
-      "members": res["members"], "bayes": res["bayes"],
-      "wall_s": round(wall, 1), "resumed": resumed, "workdir": workdir,
-      "command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-  }
+  record = _run_record(cfg, res, mode=mode, draw=data_seed, tag=tag, lr=lr,
+                       wall_s=round(wall, 1), resumed=resumed, workdir=workdir,
+                       command=command)
+  record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
   accs = [m["test_accuracy"] for m in res["members"]]
   print(f"    test acc {np.mean(accs):.3f} (members {np.round(accs, 3).tolist()}),"
         f" Bayes max prob {res['bayes']['bayes_max_prob']:.3f}, {wall:.0f} s",
@@ -370,20 +386,10 @@ def record_from_workdir(workdir, command):
                      None if model == "gd" else lr, t.patience, model)
   mode = "authors" if d.name == "authors_high_dim" else "seeds"
   draw = "authors" if mode == "authors" else d.seed
-  key = (f"{mode}/{model}/K{cfg.model.num_layers}/L{d.num_train}/draw{draw}"
-         f"/{tag}")
-  record = {
-      "mode": mode, "model": model, "K": cfg.model.num_layers,
-      "L": d.num_train, "data_seed": draw, "protocol": tag,
-      "init_seeds": [m["seed"] for m in res["members"]],
-      "epochs": t.num_epochs, "eval_every": t.eval_every,
-      "patience": t.patience,
-      "learning_rate": cfg.member_learning_rates(model)[0],
-      "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
-      "stopped_early": res["stopped_early"], "num_params": res["num_params"],
-      "members": res["members"], "bayes": res["bayes"], "wall_s": None,
-      "resumed": True, "workdir": workdir, "command": command,
-  }
+  key = _sweep_key(mode, model, cfg.model.num_layers, d.num_train, draw, tag)
+  record = _run_record(cfg, res, mode=mode, draw=draw, tag=tag, lr=lr,
+                       wall_s=None, resumed=True, workdir=workdir,
+                       command=command)
   return key, record
 
 
