@@ -26,6 +26,7 @@ GD reaches about 0.75 of linear probing's accuracy.
 References: arXiv:2405.17248 (in-context image classification).
 """
 
+import os
 import time
 
 from absl import app
@@ -36,6 +37,7 @@ import numpy as np
 from experiments import toolkit
 from gdattn import baselines
 from gdattn import config as config_lib
+from gdattn import plots
 from gdattn.configs import images
 from gdattn.data import corruptions
 from gdattn.data import fewshot
@@ -62,6 +64,9 @@ _VAL_TEST = flags.DEFINE_integer("num_contexts", None,
 _RUNS = flags.DEFINE_string("runs_dir", "runs/images", "Checkpointed runs.")
 _OUT = flags.DEFINE_string("out_dir", "experiments/results", "Output folder.")
 _NAME = flags.DEFINE_string("name", "images", "Output basename.")
+_CONTEXT = flags.DEFINE_integer(
+    "context_index", 0, "Test context drawn in <name>_context.png (its "
+    "images, labels, query and each model's prediction).")
 
 
 def config_for(model, kernel, epochs, layers=1):
@@ -113,6 +118,34 @@ def shift_table(source, runs, shifts):
   return out
 
 
+def context_figure(source, test, runs, index, path):
+  """<name>_context.png: test context `index` and every model's answer."""
+  if source.data.images is None:
+    return None  # a feature store has no images to show
+  ctx = jax.tree.map(lambda a: a[index:index + 1], test)
+  ways = int(ctx.classes.shape[1])
+  probs = {}
+  for label, trained in runs.items():
+    logits = trained.model(0)(ctx.x_ctx, ctx.y_ctx, ctx.x_query)
+    probs[label] = np.asarray(jax.nn.softmax(logits[0, 0, :ways]))
+  for label, name in (("linear probing", "logistic_regression"),
+                      ("nearest class mean", "nearest_class_mean")):
+    scores = baselines.batched(name, ways=ways)(ctx.x_ctx, ctx.y_ctx,
+                                                ctx.x_query)
+    probs[label] = np.asarray(jax.nn.softmax(scores[0, 0]))
+  data = source.data
+  names = [data.class_names[c] for c in np.asarray(ctx.classes[0])]
+  query = int(np.asarray(ctx.idx_query)[0, 0])
+  plots.plot_image_context(
+      data.images[np.asarray(ctx.idx_ctx[0])], np.asarray(ctx.y_ctx[0]),
+      data.images[query], int(ctx.y_query[0, 0]), probs, label_names=names,
+      path=path, title=f"{image_icl.short_name(data.source)}: test context "
+      f"{index} (labels permuted in every context)")
+  return {"index": index, "classes": names, "y_query": int(ctx.y_query[0, 0]),
+          "probs": {k: [round(float(v), 4) for v in p]
+                    for k, p in probs.items()}}
+
+
 def stats(values):
   values = np.asarray(values, np.float64)
   return {"mean": float(values.mean()), "std": float(values.std())}
@@ -145,6 +178,11 @@ def main(argv):
       corruptions.parse_shift(text)
     except ValueError as e:
       raise app.UsageError(f"--shift: {e}") from None
+  num_test = config_for("gd", "linear", 1).data.num_test
+  if not 0 <= _CONTEXT.value < num_test:
+    raise app.UsageError(f"--context_index: expected an index in [0, "
+                         f"{num_test}) (the test contexts), got "
+                         f"{_CONTEXT.value}.")
   t0 = time.time()
   runs, rows, info = {}, {}, None
   jobs = [(f"GD K=1 ({k})", "gd", k, _EPOCHS.value, 1)
@@ -186,8 +224,12 @@ def main(argv):
                     "split": _SPLIT.value or "config default"},
          "wall_s": round(time.time() - t0, 1),
          "command": toolkit.command_line()}
+  source = image_icl.feature_source(cfg.data)
+  context = context_figure(source, test, runs, _CONTEXT.value, os.path.join(
+      _OUT.value, f"{_NAME.value}_context.png"))
+  if context is not None:
+    out["context"] = dict(context, figure=f"{_NAME.value}_context.png")
   if _WAYS.value or _SHIFT.value:
-    source = image_icl.feature_source(cfg.data)
     ways = [int(w) for w in _WAYS.value]
     bad = [w for w in ways if not 2 <= w <= info["ways"]]
     if bad:
@@ -256,6 +298,20 @@ def markdown(out):
   for label in next(iter(out["shots"].values())):
     lines.append(f"| {label} | " + " | ".join(
         f"{out['shots'][s][label]['mean']:.3f}" for s in out["shots"]) + " |")
+  if out.get("context"):
+    c = out["context"]
+    lines += ["", f"Test context {c['index']} (`{c['figure']}`): classes "
+              + ", ".join(f"{j} = {n}" for j, n in enumerate(c["classes"]))
+              + f"; the query has label {c['y_query']}. Predicted "
+              "probability of each label:", "",
+              "| model | " + " | ".join(str(j) for j in range(
+                  len(c["classes"]))) + " | prediction |",
+              "|---|" + "---|" * (len(c["classes"]) + 1)]
+    for label, p in c["probs"].items():
+      pred = int(np.argmax(p))
+      lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in p)
+                   + f" | {pred} ({'right' if pred == c['y_query'] else 'wrong'}) |")
+    lines += ["", f"![test context {c['index']}]({c['figure']})"]
   if out.get("ways"):
     lines += ["", f"Test-time ways sweep (accuracy; trained at {info['ways']}"
               " ways, fresh test contexts, chance 1/W):", ""]

@@ -1,4 +1,4 @@
-"""The reproduction's sweep figures: one code path for scripts and notebooks.
+"""The reproductions' figures: one code path for scripts and notebooks.
 
 A sweep record is one trained (model, K, L, draw, protocol) with its members'
 test metrics and the draw's Bayes reference (`sweep_record`); `aggregate`
@@ -7,6 +7,8 @@ mean ± std rows; `plot_sweep` draws test accuracy against K or L with error
 bars and the paper's numbers. experiments/reproduce_layers.py and
 reproduce_data_size.py write layers.png / data_size.png with it, and
 notebooks/03_paper_figures.ipynb draws its live sweep with it.
+`plot_image_context` draws one in-context image classification problem with
+each model's prediction (experiments/reproduce_images.py, notebook 04).
 
 References: arXiv:2405.17248 (the paper's layer and training-set tables).
 """
@@ -196,5 +198,86 @@ def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
   fig.tight_layout()
   if path is not None:
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+  return fig
+
+
+def plot_image_context(images_ctx: np.ndarray, y_ctx: np.ndarray,
+                       query_image: np.ndarray, y_query: int,
+                       probs: dict[str, np.ndarray],
+                       label_names: list[str] | None = None,
+                       path: str | None = None, title: str = "") -> Any:
+  """One in-context image classification problem and every model's answer.
+
+  Left, the context: one column per label 0..W-1 (labels are a fresh random
+  assignment in each context), its S images in rows. Right, the query image
+  with its true label, and below it each model's predicted probability of
+  every label.
+
+  Args:
+    images_ctx: [N, H, W] or [N, H, W, Ch] images of the context points.
+    y_ctx: [N] labels in 0..W-1.
+    query_image: [H, W(, Ch)] the query image.
+    y_query: its label.
+    probs: model or baseline name -> [W] predicted probabilities.
+    label_names: W names of the classes behind labels 0..W-1 (for titles).
+    path: saves a PNG when given.
+    title: the figure's title.
+
+  Returns:
+    The matplotlib Figure.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  if path is not None:
+    matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  images_ctx, y_ctx = np.asarray(images_ctx), np.asarray(y_ctx)
+  if images_ctx.ndim not in (3, 4) or images_ctx.shape[0] != y_ctx.shape[0]:
+    raise ValueError(f"images_ctx: expected [N={y_ctx.shape[0]}, H, W(, Ch)]"
+                     f" images, got shape {images_ctx.shape}.")
+  ways = int(y_ctx.max()) + 1
+  columns = [np.flatnonzero(y_ctx == j) for j in range(ways)]
+  shots = max(len(c) for c in columns)
+  for name, p in probs.items():
+    if np.shape(p) != (ways,):
+      raise ValueError(f"probs[{name!r}]: expected shape ({ways},), got "
+                       f"{np.shape(p)}.")
+  names = label_names or [str(j) for j in range(ways)]
+  cmap = "gray_r" if images_ctx.ndim == 3 else None
+
+  fig = plt.figure(figsize=(1.1 * ways + 4.6, max(1.0 * shots, 4.2) + 0.8))
+  outer = fig.add_gridspec(1, 2, width_ratios=[1.1 * ways, 4.2], wspace=0.2)
+  grid = outer[0].subgridspec(shots, ways, wspace=0.05, hspace=0.05)
+  for j, idx in enumerate(columns):
+    for i in range(shots):
+      ax = fig.add_subplot(grid[i, j])
+      ax.set_axis_off()
+      if i < len(idx):
+        ax.imshow(images_ctx[idx[i]], cmap=cmap)
+      if i == 0:
+        ax.set_title(f"label {j}\n{names[j]}", fontsize=8)
+  right = outer[1].subgridspec(2, 1, height_ratios=[1, 1.4], hspace=0.45)
+  ax = fig.add_subplot(right[0])
+  ax.imshow(np.asarray(query_image), cmap=cmap)
+  ax.set_axis_off()
+  ax.set_title(f"query: label {int(y_query)} ({names[int(y_query)]})",
+               fontsize=9)
+  ax = fig.add_subplot(right[1])
+  width = 0.8 / max(len(probs), 1)
+  for m, (name, p) in enumerate(probs.items()):
+    pred = int(np.argmax(p))
+    ax.bar(np.arange(ways) + (m - (len(probs) - 1) / 2) * width, p, width,
+           label=f"{name} ({'right' if pred == int(y_query) else 'wrong'})",
+           color=f"C{m}")
+  ax.axvspan(int(y_query) - 0.45, int(y_query) + 0.45, color="0.9", zorder=0)
+  ax.set(xticks=range(ways), xlabel="label", ylabel="predicted probability",
+         ylim=(0, 1))
+  ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3),
+            frameon=False)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  if path is not None:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
   return fig

@@ -1,9 +1,10 @@
-"""The sweep figures: like runs only, one series per model, a clean legend."""
+"""The figures: sweeps of like runs only, one series per model, a clean legend; one image context."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from gdattn import plots  # noqa: E402
@@ -93,3 +94,18 @@ def test_bad_arguments_are_named():
     plots.aggregate({}, "N")
   with pytest.raises(ValueError, match="mode"):
     _record("gd", 1, 0, 0.5, mode="both")
+
+
+def test_plot_image_context_draws_and_checks_shapes(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(6, 8, 8))
+  y = np.array([0, 1, 2, 0, 1, 2])
+  probs = {"GD": np.array([0.2, 0.5, 0.3]), "probe": np.array([0.6, 0.2, 0.2])}
+  path = tmp_path / "context.png"
+  plots.plot_image_context(images, y, images[0], 1, probs,
+                           label_names=["a", "b", "c"], path=str(path))
+  assert path.stat().st_size > 0
+  with pytest.raises(ValueError, match=r"probs\['GD'\]: expected shape \(3,\)"):
+    plots.plot_image_context(images, y, images[0], 1, {"GD": np.ones(5) / 5})
+  with pytest.raises(ValueError, match=r"images_ctx: expected \[N=6"):
+    plots.plot_image_context(images[:4], y, images[0], 1, probs)

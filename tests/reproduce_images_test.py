@@ -18,6 +18,16 @@ def test_bad_shift_fails_before_training(tmp_path):
   assert not (tmp_path / "runs").exists()
 
 
+def test_bad_context_index_fails_before_training(tmp_path):
+  cmd = [sys.executable, "-m", "experiments.reproduce_images",
+         "--variant=smoke", "--context_index=-1",
+         f"--runs_dir={tmp_path}/runs", f"--out_dir={tmp_path}"]
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  assert out.returncode != 0
+  assert "--context_index: expected an index in [0, " in out.stderr
+  assert not (tmp_path / "runs").exists()
+
+
 def test_smoke_ways_and_shift_tables(tmp_path):
   cmd = [sys.executable, "-m", "experiments.reproduce_images",
          "--variant=smoke", "--kernels=linear", "--notrained_tf", "--epochs=1",
@@ -41,3 +51,12 @@ def test_smoke_ways_and_shift_tables(tmp_path):
   assert md.startswith("# In-context image classification: digits\n")
   assert "| model | 2 ways | 5 ways |" in md
   assert "| model | clean | contrast |" in md
+  # One test context drawn with every model's probabilities.
+  context = out["context"]
+  assert context["index"] == 0 and context["figure"] == "smoke_context.png"
+  assert (tmp_path / "smoke_context.png").stat().st_size > 0
+  assert len(context["classes"]) == 5 and 0 <= context["y_query"] < 5
+  assert set(context["probs"]) == labels
+  for p in context["probs"].values():
+    assert len(p) == 5 and abs(sum(p) - 1.0) < 1e-3
+  assert "![test context 0](smoke_context.png)" in md
