@@ -96,7 +96,9 @@ TARGET_GD_K1_S, TARGET_GD_K2_S = 60.0, 300.0   # full run on 2 idle cores
 TARGET_PEAK_FRACTION = 0.25                     # GD at K = 2 and 4
 # The authors' JAX code timed with its own training loop, one member, on
 # another 2-core machine (the figures our performance issue was filed with):
-# s/epoch. Not measured in this run, so the ratios below compare machines too.
+# s/epoch. Not measured in this run, so the ratios below compare machines too
+# and are printed as [info]; experiments/bench_authors.py times their code
+# beside ours in one run and checks TARGET_VS_AUTHORS on those ratios.
 AUTHORS_S_PER_EPOCH = {("gd", 1): 3.43, ("gd", 2): 6.03, ("trained_tf", 1): 3.56}
 TARGET_VS_AUTHORS = {("gd", 2): 50.0, ("gd", 4): 50.0, ("trained_tf", 1): 5.0,
                      ("trained_tf", 2): 5.0}
@@ -551,10 +553,10 @@ def summary(timings, forward, seeds, machine):
       want = TARGET_VS_AUTHORS.get((model, k))
       text = (f"{model} K={k}: {speedup:.0f}x the authors' {authors} s/epoch"
               " (their figure from another 2-core machine)")
-      if want is None:
-        print(f"  [info] {text}")
-      else:
-        line(speedup >= want, f"{text} (target >= {want:.0f}x)")
+      if want is not None:
+        text += (f"; target >= {want:.0f}x, checked on same-run ratios by"
+                 " experiments.bench_authors")
+      print(f"  [info] {text}")
   for model in ("gd", "trained_tf"):
     ks = sorted(k for m, k in timings if m == model and k >= 2)
     if len(ks) < 3:
