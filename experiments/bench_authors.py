@@ -46,8 +46,8 @@ set-up 368-411 s, warm-up (compiling) epoch 220-287 s each; gdattn compile
 
 Against the targets (same-run ratios; bench_train.TARGET_VS_AUTHORS): GD K=2
 19.9x, target >= 50x, missed; Trained TF K=1 11.3x, target >= 5x, met;
-Trained TF K=2 2.5x, target >= 5x, missed (GD K=4 was not timed: the
-authors' K=4 warm-up alone takes tens of minutes here).
+Trained TF K=2 2.5x, target >= 5x, missed (GD K=4 was not timed in that
+run; --layers=4 --models=gd times it).
 
 Even without the authors' per-epoch re-draw ("draw", ~2 s) their epochs stay
 ~10-19 s here, against the 3.43 (GD K=1), 6.03 (GD K=2) and 3.56 (Trained TF
