@@ -28,6 +28,9 @@ from gdattn.configs import images
 _WORKDIR = flags.DEFINE_string("workdir", "runs/images_e2e", "output folder")
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "training epochs")
 _ONLY = flags.DEFINE_list("only", [], "run only these variants")
+_BACKBONE_LR = flags.DEFINE_float(
+    "backbone_lr_scale", 0.1, "the CNN's learning rate relative to the head's"
+    " (config.optim.lr_scales.backbone)")
 
 VARIANTS = {
     "frozen_cnn": dict(features="cnn"),
@@ -47,6 +50,11 @@ def config(variant: str, epochs: int):
   c.train.num_epochs = epochs
   c.train.eval_every = max(1, epochs // 2)
   c.train.patience = None
+  if variant.startswith("e2e"):
+    # The CNN gets its own clip and Adam normalisation (under the GD head's
+    # global clip of 1e-3 its gradients fall below Adam's eps) and a tenth
+    # of the head's learning rate, as fine-tuning a pretrained network.
+    c.optim.lr_scales = {"backbone": _BACKBONE_LR.value}
   return c
 
 

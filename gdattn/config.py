@@ -33,6 +33,12 @@ SCHEDULES = ("staircase", "cosine")
 EXECUTION_FIELDS = ("train.progress", "train.members_per_step",
                     "train.eval_batch_size", "train.tensorboard")
 
+# Fields added after workdirs were first written, with their defaults (in
+# config.json's flattened form): a saved config without one had the default,
+# and a field at its default stays out of experiments' config tags, so
+# workdirs written before it was added resume (see gdattn.workdir).
+LATER_FIELDS = {"optim.lr_scales": {}}
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
@@ -51,6 +57,12 @@ class OptimConfig:
     decay_rate: staircase factor per decay_steps updates (1 = constant).
     decay_steps: staircase period, or the cosine's length, in updates.
     warmup_steps: linear warmup updates (cosine only).
+    lr_scales: learning-rate multipliers of the model's top-level parameter
+      groups, by attribute name (e.g. {"backbone": 0.1} for a BackboneGD,
+      whose groups are "backbone" and "head"). Each named group is clipped
+      (clip_norm) and Adam-normalised on its own, so a large group cannot
+      shrink a small one's gradients below eps through the global norm;
+      the other parameters form one more group at scale 1. Empty = one group.
   """
 
   optimizer: str = "adam"
@@ -64,6 +76,7 @@ class OptimConfig:
   decay_rate: float = 1.0
   decay_steps: int = 1000
   warmup_steps: int = 0
+  lr_scales: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +340,11 @@ def validate(cfg: ExperimentConfig) -> None:
     require(o.decay_steps >= 1, f"{where}.decay_steps", ">= 1", o.decay_steps)
     require(0 <= o.warmup_steps, f"{where}.warmup_steps", ">= 0",
             o.warmup_steps)
+    require(hasattr(o.lr_scales, "items") and all(
+        isinstance(k, str) and k and _finite_positive(v)
+        for k, v in dict(o.lr_scales).items()), f"{where}.lr_scales",
+            "a mapping of parameter group names to finite numbers > 0",
+            o.lr_scales)
     require(o.schedule != "cosine" or o.warmup_steps < o.decay_steps,
             f"{where}.warmup_steps", f"< decay_steps={o.decay_steps} (cosine)",
             o.warmup_steps)

@@ -40,6 +40,9 @@ def make_optimizer(o: Any) -> optax.GradientTransformation:
   The base learning rate is NOT inside: each member multiplies its update by
   its own rate, so members with different rates share one compiled step.
   chain(scale_by_adam, add_decayed_weights, scale(-lr)) is optax.adamw.
+  With o.lr_scales, each named top-level parameter group (and the rest) is
+  clipped and Adam-normalised on its own (optax.multi_transform), then
+  scaled by its multiplier.
   """
   if o.schedule == "cosine":
     schedule = optax.warmup_cosine_decay_schedule(
@@ -47,12 +50,41 @@ def make_optimizer(o: Any) -> optax.GradientTransformation:
   else:
     schedule = optax.exponential_decay(1.0, o.decay_steps, o.decay_rate,
                                        staircase=True)
-  parts = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm else []
-  parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
+
+  def group(scale):
+    parts = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm else []
+    parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
+    if scale != 1.0:
+      parts.append(optax.scale(scale))
+    return optax.chain(*parts)
+
+  scales = dict(o.lr_scales)
+  if scales:
+    def labels(params):
+      return {k: jax.tree.map(lambda _, k=k: k if k in scales else _REST, v)
+              for k, v in params.items()}
+    parts = [optax.multi_transform(
+        {**{k: group(float(v)) for k, v in scales.items()},
+         _REST: group(1.0)}, labels)]
+  else:
+    parts = [group(1.0)]
   if o.optimizer == "adamw" and o.weight_decay:
     parts.append(optax.add_decayed_weights(o.weight_decay))
   parts.append(optax.scale_by_schedule(lambda count: -schedule(count)))
   return optax.chain(*parts)
+
+
+# The label of the parameters outside o.lr_scales' named groups.
+_REST = "<rest>"
+
+
+def check_param_groups(lr_scales: Any, params: Any, where: str) -> None:
+  """Every group named in lr_scales is a top-level parameter group."""
+  groups = sorted(params)
+  unknown = sorted(set(lr_scales) - set(groups))
+  if unknown:
+    raise ValueError(f"{where}.lr_scales: expected keys among the model's "
+                     f"top-level parameter groups {groups}, got {unknown}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +275,12 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
                                       rngs)
   template = make(nnx.Rngs(0))
   graphdef, _, rest = nnx.split(template, nnx.Param, ...)
-  tx = make_optimizer(cfg.optim_for(model_name))
+  optim = cfg.optim_for(model_name)
+  check_param_groups(
+      optim.lr_scales, nnx.to_pure_dict(nnx.state(template, nnx.Param)),
+      f"optim_overrides.{model_name}" if "lr_scales" in cfg.optim_overrides.get(
+          model_name, {}) else "optim")
+  tx = make_optimizer(optim)
 
   def init_member(key):
     params = nnx.to_pure_dict(nnx.state(make(nnx.Rngs(params=key)), nnx.Param))

@@ -57,6 +57,12 @@ def config_changes(saved: dict[str, Any], requested: dict[str, Any]
                    ) -> list[tuple[str, Any, Any]]:
   """(field, saved value, requested value) for fields that change results."""
   a, b = flatten(saved), flatten(requested)
+  # A later field at its default counts as absent: configs saved before it
+  # existed had that default.
+  for key, default in config_lib.LATER_FIELDS.items():
+    for side in (a, b):
+      if key in side and side[key] == default:
+        del side[key]
   changes = []
   for key in sorted(set(a) | set(b)):
     if key in config_lib.EXECUTION_FIELDS:

@@ -17,6 +17,7 @@ from flax import nnx
 
 from gdattn import config as config_lib
 from gdattn import io
+from gdattn import steps
 from gdattn import tasks
 from gdattn import train
 from gdattn import workdir as workdir_lib
@@ -223,3 +224,51 @@ def test_every_synthetic_model_trains_at_k1_with_seeds(tmp_path):
   res = train.train(c, str(tmp_path)).results
   assert all(np.isfinite(m["test_nll"]) for r in res.values()
              for m in r["members"])
+
+
+def _first_update(lr_scales):
+  o = config_lib.OptimConfig(clip_norm=1e-3, lr_scales=lr_scales)
+  tx = steps.make_optimizer(o)
+  params = {"backbone": {"w": jnp.ones(3)}, "head": {"v": jnp.ones(2)}}
+  grads = {"backbone": {"w": jnp.full(3, 1e-4)}, "head": {"v": jnp.full(2, 1e3)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return updates
+
+
+def test_lr_scales_give_each_group_its_own_clip_and_adam():
+  # One group: the global clip shrinks the backbone's gradient to ~7e-11,
+  # far below Adam's eps, so it hardly moves.
+  one = _first_update({})
+  assert float(jnp.abs(one["backbone"]["w"]).max()) < 1e-2
+  np.testing.assert_allclose(one["head"]["v"], -1.0, rtol=1e-4)
+  # Its own group: clipped and normalised alone, then scaled by 0.5.
+  two = _first_update({"backbone": 0.5})
+  np.testing.assert_allclose(two["backbone"]["w"], -0.5, rtol=1e-3)
+  np.testing.assert_allclose(two["head"]["v"], -1.0, rtol=1e-4)
+
+
+def test_lr_scales_are_checked():
+  cfg = toy_config()
+  cfg["optim"]["lr_scales"] = {"backbone": -1.0}
+  with pytest.raises(ValueError, match=r"config.optim.lr_scales"):
+    config_lib.from_configdict(cfg)
+  with pytest.raises(ValueError, match=r"optim.lr_scales: expected keys among "
+                     r"the model's top-level parameter groups \['bias', "
+                     r"'kernel'\], got \['backbone'\]"):
+    steps.check_param_groups({"backbone": 1.0},
+                             {"kernel": 0, "bias": 0}, "optim")
+  cfg["optim"]["lr_scales"] = {"backbone": 0.1}
+  with pytest.raises(ValueError, match=r"got \['backbone'\]"):
+    train.train(cfg, "/nonexistent-never-written")
+
+
+def test_workdir_saved_before_a_later_field_resumes(tmp_path):
+  cfg = config_lib.from_configdict(toy_config())
+  saved = workdir_lib.config_dict(cfg)
+  del saved["optim"]["lr_scales"]  # as written before the field existed
+  assert workdir_lib.config_changes(saved, workdir_lib.config_dict(cfg)) == []
+  changed = dataclasses.replace(cfg, optim=dataclasses.replace(
+      cfg.optim, lr_scales={"kernel": 0.1}))
+  assert workdir_lib.config_changes(
+      saved, workdir_lib.config_dict(changed)) == [
+          ("optim.lr_scales.kernel", "<absent>", 0.1)]
