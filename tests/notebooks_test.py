@@ -29,3 +29,11 @@ def test_paper_figures_use_the_package_only_and_keep_their_figure():
   outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
   assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
   assert not any(o.get("output_type") == "error" for o in outputs)
+
+
+def test_image_notebook_draws_its_context_with_the_scripts_function():
+  nb, code = _code("04_image_icl.ipynb")
+  assert "plots.plot_image_context(" in code
+  outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+  assert not any(o.get("output_type") == "error" for o in outputs)
