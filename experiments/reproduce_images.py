@@ -258,7 +258,7 @@ def plot(out, path):
           title=f"{out['dataset']}: {out['info']['ways']}-way "
                 f"{out['info']['shots']}-shot")
   ax0.legend(loc="lower right")
-  shots = [int(s) for s in out["shots"]]
+  shots = sorted(int(s) for s in out["shots"])
   for i, label in enumerate(next(iter(out["shots"].values()))):
     ys = [out["shots"][str(s)][label]["mean"] for s in shots]
     ax1.plot(shots, ys, "o-", label=label, color=f"C{labels.index(label)}")
@@ -287,17 +287,24 @@ def markdown(out):
       "| model | test accuracy | test NLL | top-2 | parameters |",
       "|---|---|---|---|---|",
   ]
+  seeds = out["config"]["seeds"]
   for label, r in out["rows"].items():
+    # Trained models carry ± over their seeds; the baselines are fitted per
+    # context, once.
+    spread = seeds > 1 and "num_params" in r
     fmt = lambda k: (f"{r[k]['mean']:.3f}" + (f" ± {r[k]['std']:.3f}"
-                                              if r[k]["std"] else ""))
+                                              if spread else ""))
     lines.append(f"| {label} | {fmt('accuracy')} | {fmt('nll')} |"
                  f" {fmt('top2')} | {r.get('num_params', '-')} |")
+  shot_keys = sorted(out["shots"], key=int)  # JSON may reorder the keys
+  spread = {label for label, r in out["rows"].items()
+            if seeds > 1 and "num_params" in r}
   lines += ["", "Test-time shots sweep (accuracy):", "",
-            "| model | " + " | ".join(f"{s} shots" for s in out["shots"])
-            + " |", "|---|" + "---|" * len(out["shots"])]
+            "| model | " + " | ".join(f"{s} shots" for s in shot_keys)
+            + " |", "|---|" + "---|" * len(shot_keys)]
   for label in next(iter(out["shots"].values())):
     lines.append(f"| {label} | " + " | ".join(
-        f"{out['shots'][s][label]['mean']:.3f}" for s in out["shots"]) + " |")
+        f"{out['shots'][s][label]['mean']:.3f}" for s in shot_keys) + " |")
   if out.get("context"):
     c = out["context"]
     lines += ["", f"Test context {c['index']} (`{c['figure']}`): classes "
@@ -315,18 +322,22 @@ def markdown(out):
   if out.get("ways"):
     lines += ["", f"Test-time ways sweep (accuracy; trained at {info['ways']}"
               " ways, fresh test contexts, chance 1/W):", ""]
-    lines += _table(out["ways"], lambda w: f"{w} ways")
+    lines += _table(out["ways"], lambda w: f"{w} ways", spread=spread)
   if out.get("shift"):
     lines += ["", "Domain shift (accuracy, NLL in brackets; the same test "
               "contexts, images shifted before the training-fitted features):",
               ""]
-    lines += _table(out["shift"], str, nll=True)
+    lines += _table(out["shift"], str, nll=True, spread=spread)
   return lines
 
 
-def _table(columns, head, nll=False):
-  """Markdown rows: one per model, one column per key of `columns`."""
+def _table(columns, head, nll=False, spread=()):
+  """Markdown rows: one per model, one column per key of `columns`; ± std
+  for the labels in `spread`."""
+  # JSON may reorder the keys: numbers ascending, "clean" first.
   keys = list(columns)
+  keys = (sorted(keys, key=int) if all(k.isdigit() for k in keys)
+          else sorted(keys, key=lambda k: k != "clean"))
   lines = ["| model | " + " | ".join(head(k) for k in keys) + " |",
            "|---|" + "---|" * len(keys)]
   for label in columns[keys[0]]:
@@ -334,7 +345,7 @@ def _table(columns, head, nll=False):
     for k in keys:
       r = columns[k][label]
       cell = f"{r['accuracy']['mean']:.3f}"
-      if r["accuracy"]["std"]:
+      if label in spread:
         cell += f" ± {r['accuracy']['std']:.3f}"
       if nll:
         cell += f" ({r['nll']['mean']:.2f})"
