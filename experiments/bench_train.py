@@ -7,6 +7,7 @@ Run (from the repository root):
     python -m experiments.bench_train --diagnose # adds section 4 (~1 min more)
     python -m experiments.bench_train --layers=2 --tf_layers= --seeds=1 --diagnose
     python -m experiments.bench_train --layers=2 --tf_layers=1 --seeds=1 --microbatch=16,32,64,128,512
+    python -m experiments.bench_train --quick --seeds=1 --ops   # adds section 6
 
 Configs: gdattn/configs/synthetic.py `get_config("paper,layers=K")` (C=25,
 d=10, N=125, e=5, L=2048 fixed training contexts, batch 512: 4 updates per
@@ -44,6 +45,12 @@ It prints:
      on precomputed phi); ms per step and the largest difference.
   5. (--microbatch=16,32,...) s/epoch of GD (--sweep_layers) and the Trained
      TF K=1 at each microbatch size, and the fastest on this machine.
+  6. (--ops) the element-wise and product passes over the [B, N, N] kernel
+     that one GD step at K >= 2 makes (B=--batch contexts, N=125, F=e=5
+     columns), each timed alone, round-robin, against one read-and-write
+     pass over phi: where a step's time goes, and which passes cost more
+     than the memory they move (the transposed product W^T g, the
+     cotangent of u, and the softmax's max-subtraction pass).
   Then each target of the brief, "met" or "MISSED".
 """
 
@@ -87,6 +94,7 @@ _MICROBATCH = flags.DEFINE_list(
 _SWEEP_LAYERS = flags.DEFINE_list(
     "sweep_layers", ["2"], "GD depths of the microbatch sweep (the Trained TF"
     " at K=1 is swept too).")
+_OPS = flags.DEFINE_bool("ops", False, "Section 6: [B, N, N] kernel passes.")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "K in {1, 2} (Trained TF K=1), 4 GD epochs, 2 repeats.")
 
@@ -519,6 +527,39 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
         f" contexts would hold {mb:.0f} MiB)")
 
 
+def section_ops(datasets, batch_size, repeats):
+  """Section 6: the [B, N, N] passes of a GD step, timed one by one."""
+  x = datasets.train.x_ctx[:batch_size]
+  b, n = x.shape[:2]
+  f = paper_config(2, "gd").model.embed_dim
+  phi = jax.jit(jax.vmap(lambda c: c @ c.T))(x)  # the softmax kernel's base
+  u = jax.random.normal(jax.random.key(0), (b, n, f), phi.dtype)
+  w = jax.nn.softmax(phi, axis=-1)
+  ops = {
+      "s * phi (one read + write pass)": (lambda p, w, u: 1.3 * p, "[B,N,N]"),
+      "exp(s * phi)": (lambda p, w, u: jnp.exp(1.3 * p), "[B,N,N]"),
+      "softmax(s * phi)": (lambda p, w, u: jax.nn.softmax(1.3 * p, axis=-1),
+                           "[B,N,N]"),
+      "W o phi": (lambda p, w, u: w * p, "[B,N,N]"),
+      "W @ u": (lambda p, w, u: w @ u, "[B,N,F]"),
+      "W^T @ g (cotangent of u)": (
+          lambda p, w, u: jnp.einsum("btn,btf->bnf", w, u), "[B,N,F]"),
+      "g^T @ W (same, F-major out)": (
+          lambda p, w, u: jnp.einsum("btf,btn->bfn", u, w), "[B,F,N]"),
+  }
+  args = (phi, w, u)
+  calls = {name: (_compile(jax.jit(fn), args)[0], args)
+           for name, (fn, _) in ops.items()}
+  times, _ = _measure(calls, repeats, interleave=True)
+  base = times["s * phi (one read + write pass)"]
+  print(f"\n6. Kernel passes of one GD step: B={b} contexts, N={n}, F={f};"
+        f" [B,N,N] float32 = {phi.nbytes / 2 ** 20:.0f} MiB; median of"
+        f" {repeats} round-robin calls")
+  for name, t in times.items():
+    print(f"  {name:<32} {ops[name][1]:>8} {t * 1e3:8.2f} ms"
+          f"  {t / base:5.2f}x one pass")
+
+
 def summary(timings, forward, seeds, machine):
   peak, bandwidth = machine["peak"], machine["bandwidth"]
   print("\nTargets")
@@ -633,6 +674,8 @@ def main(argv):
   if _DIAGNOSE.value:
     section_diagnose(_DIAGNOSE_LAYERS.value, datasets, _BATCH.value, _CHUNK.value,
                      repeats, timings)
+  if _OPS.value:
+    section_ops(datasets, _BATCH.value, repeats)
   if _MICROBATCH.value:
     section_microbatch([int(k) for k in _SWEEP_LAYERS.value],
                        [int(m) for m in _MICROBATCH.value], datasets, gd_epochs,
