@@ -56,7 +56,7 @@ def make_optimizer(o: Any) -> optax.GradientTransformation:
     parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
     if scale != 1.0:
       parts.append(optax.scale(scale))
-    return optax.chain(*parts)
+    return parts
 
   scales = dict(o.lr_scales)
   if scales:
@@ -64,10 +64,12 @@ def make_optimizer(o: Any) -> optax.GradientTransformation:
       return {k: jax.tree.map(lambda _, k=k: k if k in scales else _REST, v)
               for k, v in params.items()}
     parts = [optax.multi_transform(
-        {**{k: group(float(v)) for k, v in scales.items()},
-         _REST: group(1.0)}, labels)]
+        {**{k: optax.chain(*group(float(v))) for k, v in scales.items()},
+         _REST: optax.chain(*group(1.0))}, labels)]
   else:
-    parts = [group(1.0)]
+    # One flat chain: its state has the layout of every checkpoint written
+    # before lr_scales existed, so those runs resume.
+    parts = group(1.0)
   if o.optimizer == "adamw" and o.weight_decay:
     parts.append(optax.add_decayed_weights(o.weight_decay))
   parts.append(optax.scale_by_schedule(lambda count: -schedule(count)))

@@ -272,3 +272,12 @@ def test_workdir_saved_before_a_later_field_resumes(tmp_path):
   assert workdir_lib.config_changes(
       saved, workdir_lib.config_dict(changed)) == [
           ("optim.lr_scales.kernel", "<absent>", 0.1)]
+
+
+def test_default_optimizer_state_keeps_the_checkpointed_layout():
+  # Checkpoints written before lr_scales existed hold (clip, adam, schedule)
+  # states: without lr_scales the optimizer must keep that layout to resume.
+  tx = steps.make_optimizer(config_lib.OptimConfig())
+  state = tx.init({"w": jnp.ones(2)})
+  assert [type(s).__name__ for s in state] == [
+      "EmptyState", "ScaleByAdamState", "ScaleByScheduleState"]
