@@ -209,8 +209,8 @@ def plot_image_context(images_ctx: np.ndarray, y_ctx: np.ndarray,
                        path: str | None = None, title: str = "") -> Any:
   """One in-context image classification problem and every model's answer.
 
-  Left, the context: one column per label 0..W-1 (labels are a fresh random
-  assignment in each context), its S images in rows. Right, the query image
+  Left, the context: one row per label 0..W-1 (labels are a fresh random
+  assignment in each context) holding its S images. Right, the query image
   with its true label, and below it each model's predicted probability of
   every label.
 
@@ -246,18 +246,22 @@ def plot_image_context(images_ctx: np.ndarray, y_ctx: np.ndarray,
   names = label_names or [str(j) for j in range(ways)]
   cmap = "gray_r" if images_ctx.ndim == 3 else None
 
-  fig = plt.figure(figsize=(1.1 * ways + 4.6, max(1.0 * shots, 4.2) + 0.8))
-  outer = fig.add_gridspec(1, 2, width_ratios=[1.1 * ways, 4.2], wspace=0.2)
-  grid = outer[0].subgridspec(shots, ways, wspace=0.05, hspace=0.05)
+  fig = plt.figure(figsize=(0.9 * shots + 5.2, max(0.95 * ways, 4.4) + 0.6))
+  outer = fig.add_gridspec(1, 2, width_ratios=[0.9 * shots, 4.6], wspace=0.25)
+  grid = outer[0].subgridspec(ways, shots, wspace=0.05, hspace=0.08)
   for j, idx in enumerate(columns):
     for i in range(shots):
-      ax = fig.add_subplot(grid[i, j])
-      ax.set_axis_off()
+      ax = fig.add_subplot(grid[j, i])
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
       if i < len(idx):
         ax.imshow(images_ctx[idx[i]], cmap=cmap)
       if i == 0:
-        ax.set_title(f"label {j}\n{names[j]}", fontsize=8)
-  right = outer[1].subgridspec(2, 1, height_ratios=[1, 1.4], hspace=0.45)
+        ax.set_ylabel(f"label {j}\n{names[j]}", fontsize=8, rotation=0,
+                      ha="right", va="center")
+  right = outer[1].subgridspec(2, 1, height_ratios=[1, 1.6], hspace=0.35)
   ax = fig.add_subplot(right[0])
   ax.imshow(np.asarray(query_image), cmap=cmap)
   ax.set_axis_off()
