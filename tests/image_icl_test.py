@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gdattn import config as config_lib
 from gdattn import models
+from gdattn.configs import images
 from gdattn.data import features as features_lib
 from gdattn.data import fewshot
 from gdattn.tasks import image_icl
@@ -261,3 +263,17 @@ def test_short_name():
   assert image_icl.short_name("sklearn:digits.csv.gz") == "digits"
   assert image_icl.short_name("tfds:cifar100:train+test") == "cifar100"
   assert image_icl.short_name("glyphs:1000x20") == "glyphs"
+
+
+@pytest.mark.parametrize("variant", ["", "smoke", "smoke_e2e", "e2e", "glyphs",
+                                     "paper"])
+def test_every_images_variant_is_a_valid_config(variant):
+  c = images.get_config(variant)
+  if variant == "paper":  # the user's feature store, required
+    c.data.data_dir = "imagenet_vgg16_features.npz"
+  cfg = config_lib.from_configdict(c)
+  assert cfg.task == "image_icl"
+  if cfg.data.features == "end_to_end":
+    # The CNN is its own optimiser group (its gradients would otherwise
+    # fall below Adam's eps under GD's global clip).
+    assert "backbone" in cfg.optim.lr_scales

@@ -14,6 +14,11 @@ Variants (`--config=gdattn/configs/images.py[:VARIANT]`):
              through the in-context loss (data.features=end_to_end, random
              backbone init); the same config with data.features=cnn is the
              frozen-backbone twin.
+  e2e        the demo with the CNN (pretrained on the training classes)
+             inside GD K=1 and fine-tuned end to end through it; the CNN
+             is its own optimiser group at a tenth of GD's learning rate
+             (optim.lr_scales). experiments/images_e2e.py compares it with
+             the frozen CNN.
   glyphs     ~1000 glyph classes rendered from matplotlib's fonts, 90/10
              held-out classes: test contexts use classes never seen in
              training (the paper's 900/100 ImageNet split).
@@ -32,7 +37,7 @@ from gdattn.configs import synthetic
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
   variant = arg or "demo"
-  variants = ("demo", "smoke", "smoke_e2e", "glyphs", "paper")
+  variants = ("demo", "smoke", "smoke_e2e", "e2e", "glyphs", "paper")
   if variant not in variants:
     raise ValueError(
         f"config arg must be one of {', '.join(variants)}; got {arg!r}")
@@ -80,6 +85,10 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     # The CNN is clipped and Adam-normalised apart from the GD head: under
     # one global clip its gradients fall below Adam's eps (gdattn.steps).
     c.optim.lr_scales = {"backbone": 1.0}
+  elif variant == "e2e":
+    c.models = ("gd",)
+    c.data.features = "end_to_end"
+    c.optim.lr_scales = {"backbone": 0.1}
   elif variant == "glyphs":
     c.data.dataset = "glyphs"
     c.data.split = "held_out_classes"
