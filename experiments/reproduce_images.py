@@ -135,10 +135,14 @@ def context_figure(source, test, runs, index, path):
     probs[label] = np.asarray(jax.nn.softmax(scores[0, 0]))
   data = source.data
   names = [data.class_names[c] for c in np.asarray(ctx.classes[0])]
+  # Glyph classes are named "U+2363 <the character>": the images show the
+  # character, and the figure's font may lack it, so titles keep the code.
+  titles = [("".join(ch for ch in n if ch.isascii()).strip() or n)
+            for n in names]
   query = int(np.asarray(ctx.idx_query)[0, 0])
   plots.plot_image_context(
       data.images[np.asarray(ctx.idx_ctx[0])], np.asarray(ctx.y_ctx[0]),
-      data.images[query], int(ctx.y_query[0, 0]), probs, label_names=names,
+      data.images[query], int(ctx.y_query[0, 0]), probs, label_names=titles,
       path=path, title=f"{image_icl.short_name(data.source)}: test context "
       f"{index} (labels permuted in every context)")
   return {"index": index, "classes": names, "y_query": int(ctx.y_query[0, 0]),
