@@ -10,7 +10,8 @@ and the task's loss / predict / metrics, and returns:
   run_epochs(params, opt_state, keys_S, lr_S, train, epochs_E)
       trains every member for the given epochs in one compiled call: each
       epoch visits a fixed training set in a per-member random order, or
-      draws `steps_per_epoch` fresh batches from the task's sampler;
+      draws `steps_per_epoch` fresh batches from the task's sampler (with
+      train.unroll: one compiled call per epoch, updates unrolled);
   evaluate(params, data) -> {metric: [S]}
       the task's metrics of one split, evaluated in chunks of examples.
 
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -101,8 +103,14 @@ class Program:
 def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
                   eval_batch_size: int, microbatch_size: int,
                   members_per_step: int | None, num_train: int | None,
-                  sample_train=None, steps_per_epoch=None) -> Program:
-  """Compiles-on-demand the steps of one model; see the module docstring."""
+                  sample_train=None, steps_per_epoch=None,
+                  unroll: bool = False) -> Program:
+  """Compiles-on-demand the steps of one model; see the module docstring.
+
+  unroll: run_epochs calls one compiled epoch per epoch, with the updates
+  and microbatches unrolled, and evaluate unrolls its chunks: no loop is
+  left around the model (config.TrainConfig.unroll says why).
+  """
   shard_batch = NamedSharding(mesh, P(None, "data"))  # [S, B, ...]: B split
   num_micro = batch_size // microbatch_size
   fixed = sample_train is None
@@ -133,7 +141,7 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
 
     num_members = jax.tree.leaves(params)[0].shape[0]
     zeros = (jnp.zeros(num_members), jax.tree.map(jnp.zeros_like, params))
-    total, _ = jax.lax.scan(add, zeros, xs_J)
+    total, _ = jax.lax.scan(add, zeros, xs_J, unroll=unroll)
     return jax.tree.map(lambda t: t / num_micro, total)
 
   def update(carry, xs_J, get_batch, lr_S):
@@ -160,27 +168,44 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
                                              microbatch_size))(keys_S)
     return update(carry, jnp.arange(num_micro), sample, lr_S)
 
+  def epoch_fixed(carry, e, keys_S, lr_S, train):
+    perm_SxL = jax.vmap(
+        lambda k: jax.random.permutation(jax.random.fold_in(k, e), num_train)
+    )(keys_S)
+    idx_SxZxB = perm_SxL[:, :steps_per_epoch * batch_size].reshape(
+        -1, steps_per_epoch, batch_size)
+    return jax.lax.scan(
+        lambda c, idx: fixed_update(c, idx, train, lr_S),
+        carry, idx_SxZxB.transpose(1, 0, 2), unroll=unroll)
+
+  def epoch_sampled(carry, e, keys_S, lr_S, train):
+    del train
+    def step(c, z):
+      keys = jax.vmap(lambda k: jax.random.fold_in(
+          jax.random.fold_in(k, e), z))(keys_S)
+      return sampled_update(c, keys, lr_S)
+    return jax.lax.scan(step, carry, jnp.arange(steps_per_epoch),
+                        unroll=unroll)
+
+  epoch = epoch_fixed if fixed else epoch_sampled
+
   def run_epochs(params, opt_state, keys_S, lr_S, train, epochs_E):
-    def epoch_fixed(carry, e):
-      perm_SxL = jax.vmap(
-          lambda k: jax.random.permutation(jax.random.fold_in(k, e), num_train)
-      )(keys_S)
-      idx_SxZxB = perm_SxL[:, :steps_per_epoch * batch_size].reshape(
-          -1, steps_per_epoch, batch_size)
-      return jax.lax.scan(
-          lambda c, idx: fixed_update(c, idx, train, lr_S),
-          carry, idx_SxZxB.transpose(1, 0, 2))
-
-    def epoch_sampled(carry, e):
-      def step(c, z):
-        keys = jax.vmap(lambda k: jax.random.fold_in(
-            jax.random.fold_in(k, e), z))(keys_S)
-        return sampled_update(c, keys, lr_S)
-      return jax.lax.scan(step, carry, jnp.arange(steps_per_epoch))
-
     (params, opt_state), loss_ExZxS = jax.lax.scan(
-        epoch_fixed if fixed else epoch_sampled, (params, opt_state), epochs_E)
+        lambda c, e: epoch(c, e, keys_S, lr_S, train), (params, opt_state),
+        epochs_E)
     return params, opt_state, loss_ExZxS
+
+  @jax.jit
+  def one_epoch(params, opt_state, keys_S, lr_S, train, e):
+    return epoch((params, opt_state), e, keys_S, lr_S, train)
+
+  def run_epochs_unrolled(params, opt_state, keys_S, lr_S, train, epochs_E):
+    losses = []
+    for e in np.asarray(epochs_E):
+      (params, opt_state), loss_ZxS = one_epoch(params, opt_state, keys_S,
+                                                lr_S, train, e)
+      losses.append(loss_ZxS)
+    return params, opt_state, jnp.stack(losses)
 
   def evaluate(params, data):
     # Chunks over examples bound the memory of the activations.
@@ -198,14 +223,20 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
           chunk, NamedSharding(mesh, P("data")))
       return jax.vmap(lambda p: task.predict(as_model(p), chunk))(params)
 
-    out = jax.lax.map(one_chunk, chunks)            # [Z, S, size, ...]
+    if unroll:
+      outs = [one_chunk(jax.tree.map(lambda a, z=z: a[z], chunks))
+              for z in range(num_chunks)]
+      out = jax.tree.map(lambda *o: jnp.stack(o), *outs)
+    else:
+      out = jax.lax.map(one_chunk, chunks)          # [Z, S, size, ...]
     out = jax.tree.map(
         lambda o: jnp.moveaxis(o, 1, 0).reshape(
             (o.shape[1], -1) + o.shape[3:])[:, :n], out)
     return jax.vmap(lambda o: task.metrics(o, data))(out)
 
-  return Program(run_epochs=jax.jit(run_epochs), evaluate=jax.jit(evaluate),
-                 steps_per_epoch=steps_per_epoch)
+  return Program(
+      run_epochs=run_epochs_unrolled if unroll else jax.jit(run_epochs),
+      evaluate=jax.jit(evaluate), steps_per_epoch=steps_per_epoch)
 
 
 def members_of(cfg: config_lib.ExperimentConfig, model_name: str
@@ -305,7 +336,7 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
       microbatch_size=t.microbatch_size or t.batch_size,
       members_per_step=t.members_per_step, num_train=num_train,
       sample_train=datasets.sample_train,
-      steps_per_epoch=datasets.steps_per_epoch)
+      steps_per_epoch=datasets.steps_per_epoch, unroll=t.unroll)
   on_device = dataclasses.replace(
       datasets, train=jax.device_put(datasets.train, replicated),
       evals=jax.device_put(datasets.evals, replicated))

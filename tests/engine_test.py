@@ -281,3 +281,19 @@ def test_default_optimizer_state_keeps_the_checkpointed_layout():
   state = tx.init({"w": jnp.ones(2)})
   assert [type(s).__name__ for s in state] == [
       "EmptyState", "ScaleByAdamState", "ScaleByScheduleState"]
+
+
+def test_unrolled_loops_train_the_same_model(tmp_path):
+  # train.unroll only changes how XLA is given the loops (no loop around the
+  # model, for convolutions on CPU): the same updates, up to rounding.
+  looped = train.train(toy_config(num_epochs=20), str(tmp_path / "loop"))
+  unrolled = train.train(toy_config(num_epochs=20, unroll=True),
+                         str(tmp_path / "unroll"))
+  for a, b in zip(jax.tree.leaves(looped.models["linear"].best_params),
+                  jax.tree.leaves(unrolled.models["linear"].best_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert (looped.results["linear"]["members"][0]["best_epoch"]
+          == unrolled.results["linear"]["members"][0]["best_epoch"])
+  # It is an execution field: a run may resume with it changed.
+  assert "train.unroll" in config_lib.EXECUTION_FIELDS
+  train.train(toy_config(num_epochs=20), str(tmp_path / "unroll"))

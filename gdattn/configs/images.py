@@ -85,10 +85,12 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     # The CNN is clipped and Adam-normalised apart from the GD head: under
     # one global clip its gradients fall below Adam's eps (gdattn.steps).
     c.optim.lr_scales = {"backbone": 1.0}
+    c.train.unroll = True  # XLA:CPU runs convolutions in loops ~15x slower
   elif variant == "e2e":
     c.models = ("gd",)
     c.data.features = "end_to_end"
     c.optim.lr_scales = {"backbone": 0.1}
+    c.train.unroll = True  # XLA:CPU runs convolutions in loops ~15x slower
   elif variant == "glyphs":
     c.data.dataset = "glyphs"
     c.data.split = "held_out_classes"

@@ -107,6 +107,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.train.members_per_step = config_dict.placeholder(int)  # None: all vmapped
   c.train.progress = True
   c.train.tensorboard = False  # event files next to metrics.jsonl (tensorboardX)
+  c.train.unroll = False  # True: no XLA loop around the model (CNNs on CPU)
 
   if variant == "demo":
     c.optim.learning_rate = 1e-2
