@@ -98,6 +98,9 @@ class Program:
   run_epochs: Callable[..., Any]
   evaluate: Callable[..., Any]
   steps_per_epoch: int
+  # unroll only: the compiled epoch that run_epochs calls once per epoch,
+  # (params, opt_state, keys_S, lr_S, train, e) -> ((params, opt_state), loss).
+  run_epoch: Callable[..., Any] | None = None
 
 
 def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
@@ -120,12 +123,29 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
   def as_model(params):
     return nnx.merge(graphdef, nnx.State(params), rest)
 
+  def loop(body, carry, xs):
+    """lax.scan, or with unroll a Python loop: scan(unroll=True) still
+    lowers to a one-trip XLA loop, and XLA:CPU then leaves the
+    convolutions' gradients in a layout its fast kernels do not take."""
+    if not unroll:
+      return jax.lax.scan(body, carry, xs)
+    ys = []
+    for i in range(jax.tree.leaves(xs)[0].shape[0]):
+      carry, y = body(carry, jax.tree.map(lambda a, i=i: a[i], xs))
+      ys.append(y)
+    return carry, (None if ys[0] is None
+                   else jax.tree.map(lambda *y: jnp.stack(y), *ys))
+
   def loss_fn(params, batch):
     return task.loss(as_model(params), batch)
 
   def grads_of(params, batch_SxI):
     # Members in chunks of members_per_step: vmapped within a chunk, chunks
     # one after another (lax.map), so a chunk's work can stay in cache.
+    num_members = jax.tree.leaves(params)[0].shape[0]
+    if unroll and (members_per_step or num_members) >= num_members:
+      # One chunk: a plain vmap, not a one-trip loop around the model.
+      return jax.vmap(jax.value_and_grad(loss_fn))(params, batch_SxI)
     return jax.lax.map(
         lambda args: jax.value_and_grad(loss_fn)(*args), (params, batch_SxI),
         batch_size=members_per_step or jax.tree.leaves(params)[0].shape[0])
@@ -141,7 +161,7 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
 
     num_members = jax.tree.leaves(params)[0].shape[0]
     zeros = (jnp.zeros(num_members), jax.tree.map(jnp.zeros_like, params))
-    total, _ = jax.lax.scan(add, zeros, xs_J, unroll=unroll)
+    total, _ = loop(add, zeros, xs_J)
     return jax.tree.map(lambda t: t / num_micro, total)
 
   def update(carry, xs_J, get_batch, lr_S):
@@ -174,9 +194,8 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
     )(keys_S)
     idx_SxZxB = perm_SxL[:, :steps_per_epoch * batch_size].reshape(
         -1, steps_per_epoch, batch_size)
-    return jax.lax.scan(
-        lambda c, idx: fixed_update(c, idx, train, lr_S),
-        carry, idx_SxZxB.transpose(1, 0, 2), unroll=unroll)
+    return loop(lambda c, idx: fixed_update(c, idx, train, lr_S),
+                carry, idx_SxZxB.transpose(1, 0, 2))
 
   def epoch_sampled(carry, e, keys_S, lr_S, train):
     del train
@@ -184,8 +203,7 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
       keys = jax.vmap(lambda k: jax.random.fold_in(
           jax.random.fold_in(k, e), z))(keys_S)
       return sampled_update(c, keys, lr_S)
-    return jax.lax.scan(step, carry, jnp.arange(steps_per_epoch),
-                        unroll=unroll)
+    return loop(step, carry, jnp.arange(steps_per_epoch))
 
   epoch = epoch_fixed if fixed else epoch_sampled
 
@@ -236,7 +254,8 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
 
   return Program(
       run_epochs=run_epochs_unrolled if unroll else jax.jit(run_epochs),
-      evaluate=jax.jit(evaluate), steps_per_epoch=steps_per_epoch)
+      evaluate=jax.jit(evaluate), steps_per_epoch=steps_per_epoch,
+      run_epoch=one_epoch if unroll else None)
 
 
 def members_of(cfg: config_lib.ExperimentConfig, model_name: str

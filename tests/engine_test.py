@@ -294,6 +294,15 @@ def test_unrolled_loops_train_the_same_model(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert (looped.results["linear"]["members"][0]["best_epoch"]
           == unrolled.results["linear"]["members"][0]["best_epoch"])
+  # No XLA loop is left around the model in the compiled epoch (the point).
+  trainer = unrolled.models["linear"].trainer
+  ds = trainer.datasets
+  hlo = trainer.program.run_epoch.lower(
+      trainer.params, trainer.opt_state, trainer.keys, trainer.lr_S, ds.train,
+      np.int32(0)).compile().as_text()
+  loops = [line for line in hlo.splitlines() if " while(" in line]
+  # The only loops left are inside the random-number generator (threefry).
+  assert all("threefry" in line or "_uniform" in line for line in loops)
   # It is an execution field: a run may resume with it changed.
   assert "train.unroll" in config_lib.EXECUTION_FIELDS
   train.train(toy_config(num_epochs=20), str(tmp_path / "unroll"))
