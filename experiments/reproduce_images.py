@@ -87,14 +87,18 @@ def config_for(model, kernel, epochs, layers=1):
   return config_lib.from_configdict(c)
 
 
+# The per-context baselines of every table: label -> gdattn.baselines name.
+BASELINES = {"linear probing": "logistic_regression",
+             "nearest class mean": "nearest_class_mean"}
+
+
 def evaluate_all(ctx, runs, ways):
   """Accuracy and NLL of every model and baseline on contexts ctx."""
   row = {}
   for label, trained in runs.items():
     m = toolkit.evaluate_best(trained, ctx)
     row[label] = {k: stats(m[k]) for k in ("accuracy", "nll")}
-  for label, name in (("linear probing", "logistic_regression"),
-                      ("nearest class mean", "nearest_class_mean")):
+  for label, name in BASELINES.items():
     scores = jax.jit(baselines.batched(name, ways=ways))(
         ctx.x_ctx, ctx.y_ctx, ctx.x_query)
     m = baselines.scores_metrics(scores, ctx.y_query)
@@ -128,8 +132,7 @@ def context_figure(source, test, runs, index, path):
   for label, trained in runs.items():
     logits = trained.model(0)(ctx.x_ctx, ctx.y_ctx, ctx.x_query)
     probs[label] = np.asarray(jax.nn.softmax(logits[0, 0, :ways]))
-  for label, name in (("linear probing", "logistic_regression"),
-                      ("nearest class mean", "nearest_class_mean")):
+  for label, name in BASELINES.items():
     scores = baselines.batched(name, ways=ways)(ctx.x_ctx, ctx.y_ctx,
                                                 ctx.x_query)
     probs[label] = np.asarray(jax.nn.softmax(scores[0, 0]))
@@ -158,15 +161,15 @@ def stats(values):
 def shots_sweep(test, runs, shots):
   """Accuracy of every model and baseline at fewer test-time shots."""
   ways = test.classes.shape[1]
-  logreg = jax.jit(baselines.batched("logistic_regression", ways=ways))
-  ncm = jax.jit(baselines.batched("nearest_class_mean", ways=ways))
+  fits = {label: jax.jit(baselines.batched(name, ways=ways))
+          for label, name in BASELINES.items()}
   out = {}
   for s in shots:
     ctx = fewshot.fewer_shots(test, s)
     row = {}
     for label, trained in runs.items():
       row[label] = stats(toolkit.evaluate_best(trained, ctx)["accuracy"])
-    for label, fn in (("linear probing", logreg), ("nearest class mean", ncm)):
+    for label, fn in fits.items():
       scores = fn(ctx.x_ctx, ctx.y_ctx, ctx.x_query)
       row[label] = stats([baselines.scores_metrics(scores, ctx.y_query)
                           ["accuracy"]])

@@ -127,17 +127,10 @@ def task_config(config: str, **overrides: Any) -> config_lib.ExperimentConfig:
   return config_lib.from_configdict(c)
 
 
-_ABSENT = object()  # no default: the field is always kept
-
-
 def config_tag(cfg: config_lib.ExperimentConfig) -> str:
-  """8 hex digits naming the result-changing fields of a config."""
-  fields = workdir_lib.flatten(workdir_lib.config_dict(cfg))
-  # A later field at its default is left out, so tags made before it
-  # existed stay valid.
-  kept = {k: v for k, v in fields.items()
-          if k not in config_lib.EXECUTION_FIELDS
-          and config_lib.LATER_FIELDS.get(k, _ABSENT) != v}
+  """8 hex digits naming the result-changing fields of a config (a later
+  field at its default is left out, so tags made before it stay valid)."""
+  kept = workdir_lib.result_fields(workdir_lib.config_dict(cfg))
   text = json.dumps(kept, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:8]
 

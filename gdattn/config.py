@@ -152,6 +152,11 @@ class ExperimentConfig:
     return dataclasses.replace(
         self.optim, **self.optim_overrides.get(model_name, {}))
 
+  def optim_path(self, model_name: str) -> str:
+    """Where a model's optimiser settings are named in errors."""
+    return (f"optim_overrides.{model_name}"
+            if model_name in self.optim_overrides else "optim")
+
   def member_learning_rates(self, model_name: str) -> tuple[float, ...]:
     return self.learning_rates or (self.optim_for(model_name).learning_rate,)
 
@@ -323,7 +328,7 @@ def validate(cfg: ExperimentConfig) -> None:
     require(False, f"optim_overrides.{unknown[0]}",
             f"keyed by one of the task's models {names}{hint}", unknown)
   for name in cfg.models:
-    where = f"optim_overrides.{name}" if name in cfg.optim_overrides else "optim"
+    where = cfg.optim_path(name)
     fields = {f.name for f in dataclasses.fields(OptimConfig)}
     bad = sorted(set(cfg.optim_overrides.get(name, {})) - fields)
     require(not bad, where, f"fields of optim {sorted(fields)}", bad)

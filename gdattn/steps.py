@@ -124,9 +124,10 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
     return nnx.merge(graphdef, nnx.State(params), rest)
 
   def loop(body, carry, xs):
-    """lax.scan, or with unroll a Python loop: scan(unroll=True) still
+    """lax.scan over the leading axis of xs, or with unroll a Python loop
+    (scan(unroll=True) still
     lowers to a one-trip XLA loop, and XLA:CPU then leaves the
-    convolutions' gradients in a layout its fast kernels do not take."""
+    convolutions' gradients in a layout its fast kernels do not take)."""
     if not unroll:
       return jax.lax.scan(body, carry, xs)
     ys = []
@@ -148,7 +149,7 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
       return jax.vmap(jax.value_and_grad(loss_fn))(params, batch_SxI)
     return jax.lax.map(
         lambda args: jax.value_and_grad(loss_fn)(*args), (params, batch_SxI),
-        batch_size=members_per_step or jax.tree.leaves(params)[0].shape[0])
+        batch_size=members_per_step or num_members)
 
   def accumulate(params, xs_J, get_batch):
     # Mean loss and gradient over the batch, accumulated over microbatches
@@ -241,12 +242,8 @@ def build_program(task, graphdef, rest, tx, mesh, *, batch_size: int,
           chunk, NamedSharding(mesh, P("data")))
       return jax.vmap(lambda p: task.predict(as_model(p), chunk))(params)
 
-    if unroll:
-      outs = [one_chunk(jax.tree.map(lambda a, z=z: a[z], chunks))
-              for z in range(num_chunks)]
-      out = jax.tree.map(lambda *o: jnp.stack(o), *outs)
-    else:
-      out = jax.lax.map(one_chunk, chunks)          # [Z, S, size, ...]
+    _, out = loop(lambda c, chunk: (c, one_chunk(chunk)), None,
+                  chunks)                            # [Z, S, size, ...]
     out = jax.tree.map(
         lambda o: jnp.moveaxis(o, 1, 0).reshape(
             (o.shape[1], -1) + o.shape[3:])[:, :n], out)
@@ -330,8 +327,7 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
   optim = cfg.optim_for(model_name)
   check_param_groups(
       optim.lr_scales, nnx.to_pure_dict(nnx.state(template, nnx.Param)),
-      f"optim_overrides.{model_name}" if "lr_scales" in cfg.optim_overrides.get(
-          model_name, {}) else "optim")
+      cfg.optim_path(model_name))
   tx = make_optimizer(optim)
 
   def init_member(key):

@@ -53,23 +53,23 @@ def config_dict(cfg: config_lib.ExperimentConfig) -> dict[str, Any]:
   return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def result_fields(config_json: dict[str, Any]) -> dict[str, Any]:
+  """The flattened fields of a config (as config.json) that change results:
+  all but config.EXECUTION_FIELDS, and a LATER_FIELDS field counts as
+  absent at its default (configs saved before it existed had it)."""
+  return {k: v for k, v in flatten(config_json).items()
+          if k not in config_lib.EXECUTION_FIELDS
+          and not (k in config_lib.LATER_FIELDS
+                   and v == config_lib.LATER_FIELDS[k])}
+
+
 def config_changes(saved: dict[str, Any], requested: dict[str, Any]
                    ) -> list[tuple[str, Any, Any]]:
   """(field, saved value, requested value) for fields that change results."""
-  a, b = flatten(saved), flatten(requested)
-  # A later field at its default counts as absent: configs saved before it
-  # existed had that default.
-  for key, default in config_lib.LATER_FIELDS.items():
-    for side in (a, b):
-      if key in side and side[key] == default:
-        del side[key]
-  changes = []
-  for key in sorted(set(a) | set(b)):
-    if key in config_lib.EXECUTION_FIELDS:
-      continue
-    if a.get(key, "<absent>") != b.get(key, "<absent>"):
-      changes.append((key, a.get(key, "<absent>"), b.get(key, "<absent>")))
-  return changes
+  a, b = result_fields(saved), result_fields(requested)
+  return [(key, a.get(key, "<absent>"), b.get(key, "<absent>"))
+          for key in sorted(set(a) | set(b))
+          if a.get(key, "<absent>") != b.get(key, "<absent>")]
 
 
 class Workdir:

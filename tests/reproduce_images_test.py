@@ -4,27 +4,23 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # The script is run in a subprocess: importing it here would define its absl
 # flags in the test process, where other scripts' tests define theirs.
 
 
-def test_bad_shift_fails_before_training(tmp_path):
+@pytest.mark.parametrize("flag, message", [
+    ("--shift=blurry", "--shift: shift must be one of"),
+    ("--context_index=-1", "--context_index: expected an index in [0, "),
+])
+def test_bad_flag_fails_before_training(tmp_path, flag, message):
   cmd = [sys.executable, "-m", "experiments.reproduce_images",
-         "--variant=smoke", "--shift=blurry", f"--runs_dir={tmp_path}/runs",
+         "--variant=smoke", flag, f"--runs_dir={tmp_path}/runs",
          f"--out_dir={tmp_path}"]
   out = subprocess.run(cmd, capture_output=True, text=True)
   assert out.returncode != 0
-  assert "--shift: shift must be one of" in out.stderr
-  assert not (tmp_path / "runs").exists()
-
-
-def test_bad_context_index_fails_before_training(tmp_path):
-  cmd = [sys.executable, "-m", "experiments.reproduce_images",
-         "--variant=smoke", "--context_index=-1",
-         f"--runs_dir={tmp_path}/runs", f"--out_dir={tmp_path}"]
-  out = subprocess.run(cmd, capture_output=True, text=True)
-  assert out.returncode != 0
-  assert "--context_index: expected an index in [0, " in out.stderr
+  assert message in out.stderr
   assert not (tmp_path / "runs").exists()
 
 
