@@ -44,7 +44,8 @@ It prints:
      library) or once for fixed training contexts (Kernel.operator_from_base
      on precomputed phi); ms per step and the largest difference.
   5. (--microbatch=16,32,...) s/epoch of GD (--sweep_layers) and the Trained
-     TF K=1 at each microbatch size, and the fastest on this machine.
+     TF (--tf_sweep_layers) at each microbatch size, and the fastest on this
+     machine.
   6. (--ops) the element-wise and product passes over the [B, N, N] kernel
      that one GD step at K >= 2 makes (B=--batch contexts, N=125, F=e=5
      columns), each timed alone, round-robin, against one read-and-write
@@ -92,8 +93,9 @@ _MICROBATCH = flags.DEFINE_list(
     "microbatch", [], "Section 5: microbatch sizes to sweep (divisors of 512),"
     " e.g. 16,32,64,128,512; empty = no sweep.")
 _SWEEP_LAYERS = flags.DEFINE_list(
-    "sweep_layers", ["2"], "GD depths of the microbatch sweep (the Trained TF"
-    " at K=1 is swept too).")
+    "sweep_layers", ["2"], "GD depths of the microbatch sweep.")
+_TF_SWEEP_LAYERS = flags.DEFINE_list(
+    "tf_sweep_layers", ["1"], "Trained TF depths of the microbatch sweep.")
 _OPS = flags.DEFINE_bool("ops", False, "Section 6: [B, N, N] kernel passes.")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "K in {1, 2} (Trained TF K=1), 4 GD epochs, 2 repeats.")
@@ -332,14 +334,15 @@ def section_training(layers, tf_layers, datasets, gd_epochs, tf_epochs, repeats,
   return timings
 
 
-def section_microbatch(gd_layers, sizes, datasets, gd_epochs, tf_epochs, repeats):
+def section_microbatch(gd_layers, tf_layers, sizes, datasets, gd_epochs,
+                       tf_epochs, repeats):
   print(f"\n5. Microbatch sweep (contexts per gradient microbatch; run_epochs,"
         f" one member, {repeats} interleaved rounds): pick the fastest for this"
         " machine with --config.train.microbatch_size")
   print(f"{'model':<10} {'K':>2} " + " ".join(f"{m:>14}" for m in sizes)
         + "   best")
   for model, k, epochs in ([("gd", k, gd_epochs) for k in gd_layers]
-                           + [("trained_tf", 1, tf_epochs)]):
+                           + [("trained_tf", k, tf_epochs) for k in tf_layers]):
     entries = [prepare_training(paper_config(k, model, microbatch=m), model,
                                 datasets, epochs) for m in sizes]
     time_training(entries, repeats, interleave=True)
@@ -678,6 +681,7 @@ def main(argv):
     section_ops(datasets, _BATCH.value, repeats)
   if _MICROBATCH.value:
     section_microbatch([int(k) for k in _SWEEP_LAYERS.value],
+                       [int(k) for k in _TF_SWEEP_LAYERS.value],
                        [int(m) for m in _MICROBATCH.value], datasets, gd_epochs,
                        _TF_EPOCHS.value, repeats)
   summary(timings, forward, seeds, machine)

@@ -272,6 +272,10 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
   f.gd_lr = flags.DEFINE_float("gd_lr", None, "GD base learning rate (None: the"
                                " paper's per-K rate and schedule).")
   f.tf_lr = flags.DEFINE_float("tf_lr", None, "Trained TF learning rate (None: paper's).")
+  f.tf_microbatch = flags.DEFINE_integer(
+      "tf_microbatch", None, "Trained TF contexts per gradient microbatch (None:"
+      " the config's 64). Same gradient up to the order of float sums; on 2"
+      " CPU cores 8 is 1.3-1.5x faster at K >= 2 (bench_train section 5).")
   f.members_per_step = flags.DEFINE_integer(
       "members_per_step", None, "Seeds whose gradients are vmapped together (None:"
       " all). On CPU at K >= 2, 1 is 1.4-1.7x faster for 5 seeds (bench_train).")
@@ -286,13 +290,23 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
   return f
 
 
-def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model):
-  """A short name of the training protocol (also part of the workdir)."""
+def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
+                 microbatch=None):
+  """A short name of the training protocol (also part of the workdir).
+
+  `microbatch` is the microbatch size when it is not the paper config's.
+  """
   lr = gd_lr if model == "gd" else tf_lr
-  if epochs == 5000 and eval_every == 100 and lr is None and patience is None:
+  if (epochs == 5000 and eval_every == 100 and lr is None and patience is None
+      and microbatch is None):
     return "paper"
   tag = f"e{epochs}_ev{eval_every}_lr{'paper' if lr is None else f'{lr:g}'}"
-  return tag + (f"_pat{patience}" if patience is not None else "")
+  tag += f"_pat{patience}" if patience is not None else ""
+  return tag + (f"_mb{microbatch}" if microbatch is not None else "")
+
+
+def _paper_microbatch() -> int:
+  return synthetic_configs.get_config("paper").train.microbatch_size
 
 
 def _sweep_key(mode, model, num_layers, num_train, draw, tag):
@@ -308,7 +322,7 @@ def _run_record(cfg, res, *, mode, draw, tag, lr, wall_s, resumed, workdir,
       "L": cfg.data.num_train, "data_seed": draw, "protocol": tag,
       "init_seeds": [m["seed"] for m in res["members"]],
       "epochs": t.num_epochs, "eval_every": t.eval_every,
-      "patience": t.patience,
+      "patience": t.patience, "microbatch_size": t.microbatch_size,
       "learning_rate": cfg.member_learning_rates(model)[0],
       "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
       "stopped_early": res["stopped_early"], "num_params": res["num_params"],
@@ -319,9 +333,12 @@ def _run_record(cfg, res, *, mode, draw, tag, lr, wall_s, resumed, workdir,
 
 def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
             epochs, eval_every, gd_lr, tf_lr, patience, runs_dir, results_dir,
-            command, members_per_step=None):
+            command, members_per_step=None, microbatch=None):
   """Trains one (model, K, L, draw) with 1 or num_seeds members; merges the result."""
-  tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model)
+  if microbatch == _paper_microbatch():
+    microbatch = None
+  tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
+                     microbatch)
   key = _sweep_key(mode, model, num_layers, num_train, data_seed, tag)
   lr = gd_lr if model == "gd" else tf_lr
   # The authors' draw is fixed by their keys; data.seed does not enter it.
@@ -333,7 +350,9 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
       learning_rates=() if lr is None else (lr,),
       data=data,
       train=dict(num_epochs=epochs, eval_every=eval_every, patience=patience,
-                 members_per_step=members_per_step))  # speed only: same maths
+                 members_per_step=members_per_step,  # speed only: same maths
+                 **({} if microbatch is None else
+                    {"microbatch_size": microbatch})))
   workdir = os.path.join(runs_dir, name, key.replace("/", "_"))
   resumed = os.path.isdir(os.path.join(workdir, model, "checkpoints"))
   print(f"[{time.strftime('%H:%M:%S')}] {key} -> {workdir}"
@@ -381,8 +400,10 @@ def record_from_workdir(workdir, command):
   res = load_json(results_path)[model]
   t, d = cfg.train, cfg.data
   lr = cfg.learning_rates[0] if cfg.learning_rates else None
+  micro = t.microbatch_size
   tag = protocol_tag(t.num_epochs, t.eval_every, lr if model == "gd" else None,
-                     None if model == "gd" else lr, t.patience, model)
+                     None if model == "gd" else lr, t.patience, model,
+                     None if micro == _paper_microbatch() else micro)
   mode = "authors" if d.name == "authors_high_dim" else "seeds"
   draw = "authors" if mode == "authors" else d.seed
   key = _sweep_key(mode, model, cfg.model.num_layers, d.num_train, draw, tag)
@@ -482,6 +503,12 @@ def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
           f"--modes: each one of {plots.SWEEP_MODES}, got {mode!r}")
   report = lambda: write_sweep_reports(f.results_dir.value, name, xkey, title,
                                        header_md)
+  if f.tf_microbatch.value is not None:
+    try:  # before any training: it must divide the batch
+      synthetic_config("paper", 1,
+                       train=dict(microbatch_size=f.tf_microbatch.value))
+    except ValueError as e:
+      raise app.UsageError(f"--tf_microbatch: {e}") from None
   for workdir in f.add_workdirs.value:
     key, record = record_from_workdir(
         workdir, f"python -m experiments.main ... --workdir={workdir} (the"
@@ -505,6 +532,8 @@ def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
                     gd_lr=f.gd_lr.value, tf_lr=f.tf_lr.value,
                     patience=f.patience.value, runs_dir=f.runs_dir.value,
                     results_dir=f.results_dir.value, command=command,
-                    members_per_step=f.members_per_step.value)
+                    members_per_step=f.members_per_step.value,
+                    microbatch=(f.tf_microbatch.value if model == "trained_tf"
+                                else None))
             report()
   report()

@@ -1,5 +1,8 @@
-"""experiments.toolkit.task_config: packaged variants plus checked overrides."""
+"""experiments.toolkit: packaged variants plus checked overrides; sweep flags."""
 
+import types
+
+from absl import app
 import pytest
 
 from experiments import toolkit
@@ -81,3 +84,23 @@ def test_bad_override_names_the_field(overrides, error, match):
 def test_bad_config_names_it(config, match):
   with pytest.raises(ValueError, match=match):
     toolkit.task_config(config)
+
+
+def test_protocol_tag_names_a_non_paper_microbatch():
+  assert toolkit.protocol_tag(5000, 100, None, None, None, "gd") == "paper"
+  assert (toolkit.protocol_tag(500, 25, None, 5e-3, 10, "trained_tf", 8)
+          == "e500_ev25_lr0.005_pat10_mb8")
+  assert (toolkit.protocol_tag(5000, 100, None, None, None, "trained_tf", 8)
+          == "e5000_ev100_lrpaper_mb8")
+
+
+def test_sweep_checks_tf_microbatch_before_training(tmp_path):
+  value = lambda v: types.SimpleNamespace(value=v)
+  f = types.SimpleNamespace(
+      xs=value(["1"]), models=value(["trained_tf"]), modes=value(["authors"]),
+      tf_microbatch=value(7), results_dir=value(str(tmp_path)),
+      add_workdirs=value([]), report_only=value(False))
+  with pytest.raises(app.UsageError,
+                     match=r"--tf_microbatch: .*microbatch_size.*512.*7"):
+    toolkit.sweep(f, "layers", "K", None, 2048, "title", "header")
+  assert not list(tmp_path.iterdir())
