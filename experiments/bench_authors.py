@@ -74,6 +74,10 @@ _AUTHORS_PYTHON = flags.DEFINE_string(
 _MODELS = flags.DEFINE_list("models", ["gd", "trained_tf"],
                             "Models to time: gd, trained_tf.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per timed round, each side.")
+_TF_MICROBATCH = flags.DEFINE_integer(
+    "tf_microbatch", None, "gdattn's Trained TF contexts per gradient"
+    " microbatch (None: the paper config's 64; bench_train section 5 finds"
+    " this machine's fastest).")
 _AUTHORS_LOG = flags.DEFINE_string(
     "authors_log", None, "File for the authors' processes' stderr (their"
     " prints); default: discarded.")
@@ -84,7 +88,8 @@ DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 
 def check_settings(models, layers, epochs, repeats, authors_src,
-                   authors_python) -> tuple[list[str], list[int]]:
+                   authors_python, tf_microbatch=None
+                   ) -> tuple[list[str], list[int]]:
   """Validates the flags before anything starts; returns (models, layers)."""
   models = [m.strip() for m in models]
   bad = [m for m in models if m not in MODELS]
@@ -99,6 +104,9 @@ def check_settings(models, layers, epochs, repeats, authors_src,
   if epochs < 1 or repeats < 1:
     raise ValueError(f"--epochs and --repeats must be >= 1, got {epochs},"
                      f" {repeats}")
+  if tf_microbatch is not None and (tf_microbatch < 1 or 512 % tf_microbatch):
+    raise ValueError("--tf_microbatch must divide the batch of 512, got"
+                     f" {tf_microbatch}")
   if not authors_src or not os.path.isfile(
       os.path.join(authors_src, "train.py")):
     raise ValueError("--authors_src must be the authors' src/experiments_jax"
@@ -155,7 +163,8 @@ def main(argv):
   del argv
   models, layers = check_settings(
       _MODELS.value, bench_train._LAYERS.value, _EPOCHS.value,
-      bench_train._REPEATS.value, _AUTHORS_SRC.value, _AUTHORS_PYTHON.value)
+      bench_train._REPEATS.value, _AUTHORS_SRC.value, _AUTHORS_PYTHON.value,
+      _TF_MICROBATCH.value)
   epochs, repeats = _EPOCHS.value, bench_train._REPEATS.value
   import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -171,15 +180,17 @@ def main(argv):
              for s in settings}
   datasets = tasks.get("synthetic").make_datasets(
       bench_train.paper_config(1, "gd").data)
-  ours = {s: bench_train.prepare_training(bench_train.paper_config(s[1], s[0]),
-                                          s[0], datasets, epochs)
-          for s in settings}
+  micro = lambda model: _TF_MICROBATCH.value if model == "trained_tf" else None
+  ours = {s: bench_train.prepare_training(
+      bench_train.paper_config(s[1], s[0], microbatch=micro(s[0])), s[0],
+      datasets, epochs) for s in settings}
   try:
     for s, p in authors.items():
       r = p.wait_ready()
       print(f"authors {s[0]} K={s[1]}: jax {r['jax']}, {r['devices']} device(s),"
             f" set-up {r['setup_s']:.0f} s, warm-up epoch {r['warmup_s']:.1f} s,"
-            f" lr {r['lr']}; gdattn compile {ours[s].compile_s:.1f} s",
+            f" lr {r['lr']}; gdattn compile {ours[s].compile_s:.1f} s,"
+            f" microbatch {ours[s].microbatch}",
             flush=True)
     for i in range(repeats):
       for s in settings:

@@ -81,6 +81,8 @@ def test_check_settings_accepts_and_parses(src):
     (dict(repeats=0), "--repeats"),
     (dict(authors_src="missing"), "--authors_src"),
     (dict(authors_python="/no/such/python"), "--authors_python"),
+    (dict(tf_microbatch=7), "--tf_microbatch must divide the batch of 512, got 7"),
+    (dict(tf_microbatch=0), "--tf_microbatch"),
 ])
 def test_check_settings_rejects(src, change, match):
   args = dict(models=["gd"], layers=["1"], epochs=1, repeats=1,
