@@ -49,6 +49,19 @@ Against the targets (same-run ratios; bench_train.TARGET_VS_AUTHORS): GD K=2
 Trained TF K=2 2.5x, target >= 5x, missed (GD K=4 was not timed in that
 run; --layers=4 --models=gd times it).
 
+The Trained TF again with gdattn at 8-context microbatches (--models=trained_tf
+--tf_microbatch=8, the fastest of 4..64 in bench_train section 5 on this
+machine; same flags otherwise), load average 5.5-5.9 beside two training runs:
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  trained_tf  1        6.889   6.717   1.13      0.4547  0.4523     15.2x
+  trained_tf  2       11.156  11.074   1.21      3.4879  3.0643      3.2x
+
+Trained TF K=2 is still below its 5x: its first block's softmax attention
+over [2 heads, N+1, N] per context is a chain of element-wise passes and
+small batched products (about 20 passes over that array per update in XLA's
+compiled step), which XLA:CPU does not fuse into one cached pass.
+
 Even without the authors' per-epoch re-draw ("draw", ~2 s) their epochs stay
 ~10-19 s here, against the 3.43 (GD K=1), 6.03 (GD K=2) and 3.56 (Trained TF
 K=1) s/epoch measured for their code on another, less loaded machine.
