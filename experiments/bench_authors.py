@@ -57,7 +57,15 @@ machine; same flags otherwise), load average 5.5-5.9 beside two training runs:
   trained_tf  1        6.889   6.717   1.13      0.4547  0.4523     15.2x
   trained_tf  2       11.156  11.074   1.21      3.4879  3.0643      3.2x
 
-Trained TF K=2 is still below its 5x: its first block's softmax attention
+GD K=4 (--models=gd --layers=4, the config's 64-context microbatches), load
+average 5.2-7.5 beside three training runs:
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  gd          4       23.252  21.912   0.79      1.4785  1.3595     15.7x
+
+so GD K=4 misses its 50x as GD K=2 does, for the reason given in
+bench_train (many small passes over each context's [N, N] kernel, none of
+them at a machine limit). Trained TF K=2 is still below its 5x: its first block's softmax attention
 over [2 heads, N+1, N] per context is a chain of element-wise passes and
 small batched products (about 20 passes over that array per update in XLA's
 compiled step), which XLA:CPU does not fuse into one cached pass.
