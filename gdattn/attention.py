@@ -53,15 +53,25 @@ def self_attention(
 
 
 def _self_attention_rows(params, z_RxM, z_ctx_NxM, *, kernel, kernel_scale):
-  """Self-attention output [R, M] of the rows z_RxM, keys/values z_ctx_NxM."""
+  """Self-attention output [R, M] of the rows z_RxM, keys/values z_ctx_NxM.
+
+  Written for speed on the [H, R, N] weights, the largest array of a block:
+  a dot-form kernel's scale goes into the [H, R, P] queries (s <q, k> =
+  <s q, k>), and each head's values are taken straight to the residual
+  stream, (z_ctx wv_h) wo_h [N, M], so the weights meet one batched product
+  per head and no [H, R, N]-sized scale, broadcast or transpose pass.
+  """
+  spec = kernels.get_kernel(kernel)
   q_HxRxP = jnp.einsum("rm,hmp->hrp", z_RxM, params["wq"])
   k_HxNxP = jnp.einsum("nm,hmp->hnp", z_ctx_NxM, params["wk"])
-  v_HxNxV = jnp.einsum("nm,hmv->hnv", z_ctx_NxM, params["wv"])
+  vo_HxNxM = jnp.einsum("nm,hmv,hvo->hno", z_ctx_NxM, params["wv"], params["wo"])
   num_heads = q_HxRxP.shape[0]
   scale_H = jnp.broadcast_to(jnp.asarray(kernel_scale), (num_heads,))
-  spec = kernels.get_kernel(kernel)
+  if spec.scale_in_query:
+    q_HxRxP = q_HxRxP * scale_H[:, None, None].astype(q_HxRxP.dtype)
+    scale_H = jnp.ones_like(scale_H)
   att_HxRxN = jax.vmap(spec.weights)(q_HxRxP, k_HxNxP, scale_H)
-  return jnp.einsum("hrn,hnv,hvm->rm", att_HxRxN, v_HxNxV, params["wo"])
+  return jnp.sum(jnp.einsum("hrn,hnm->hrm", att_HxRxN, vo_HxNxM), axis=0)
 
 
 def cross_attention(params: Params, z_SxM: ArrayLike, memory_CxE: ArrayLike) -> jax.Array:
