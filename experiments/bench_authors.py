@@ -57,6 +57,13 @@ machine; same flags otherwise), load average 5.5-5.9 beside two training runs:
   trained_tf  1        6.889   6.717   1.13      0.4547  0.4523     15.2x
   trained_tf  2       11.156  11.074   1.21      3.4879  3.0643      3.2x
 
+After the self-attention change that takes the values straight to the
+residual stream (gdattn/attention.py; 15-22% faster steps at K=2), the same
+command with --layers=2, load average 7.2-7.6 beside three training runs:
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  trained_tf  2       13.755  11.963   1.53      3.9313  3.8109      3.5x
+
 GD K=4 (--models=gd --layers=4, the config's 64-context microbatches), load
 average 5.2-7.5 beside three training runs:
 
