@@ -355,10 +355,17 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
                     {"microbatch_size": microbatch})))
   workdir = os.path.join(runs_dir, name, key.replace("/", "_"))
   resumed = os.path.isdir(os.path.join(workdir, model, "checkpoints"))
+  path = os.path.join(results_dir, f"{name}.json")
+  # A run that had already finished only reloads its results: its record
+  # keeps the wall time, finish time and command of the training that made
+  # them (unknown if that record is gone), not those of the reload.
+  finished_before = os.path.exists(os.path.join(workdir, "results.json"))
+  previous = load_json(path).get(key) if finished_before else None
+  if previous is None or "error" in previous:
+    previous = {}
   print(f"[{time.strftime('%H:%M:%S')}] {key} -> {workdir}"
         f"{' (resuming)' if resumed else ''}", flush=True)
   t0 = time.time()
-  path = os.path.join(results_dir, f"{name}.json")
   base = {"mode": mode, "model": model, "K": num_layers, "L": num_train,
           "data_seed": data_seed, "protocol": tag}
   try:
@@ -374,10 +381,16 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
                        wall_s=round(wall, 1), resumed=resumed, workdir=workdir,
                        command=command)
   record["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+  if finished_before:
+    record.update(wall_s=previous.get("wall_s"),
+                  resumed=previous.get("resumed", True),
+                  finished=previous.get("finished"),
+                  command=previous.get("command", command))
   accs = [m["test_accuracy"] for m in res["members"]]
   print(f"    test acc {np.mean(accs):.3f} (members {np.round(accs, 3).tolist()}),"
-        f" Bayes max prob {res['bayes']['bayes_max_prob']:.3f}, {wall:.0f} s",
-        flush=True)
+        f" Bayes max prob {res['bayes']['bayes_max_prob']:.3f},"
+        f" {_seconds(record['wall_s'])} s"
+        f"{' (already finished)' if finished_before else ''}", flush=True)
   merge_record(path, key, record)
   return record
 

@@ -1,5 +1,8 @@
 """experiments.toolkit: packaged variants plus checked overrides; sweep flags."""
 
+import json
+import os
+import pathlib
 import types
 
 from absl import app
@@ -104,3 +107,37 @@ def test_sweep_checks_tf_microbatch_before_training(tmp_path):
                      match=r"--tf_microbatch: .*microbatch_size.*512.*7"):
     toolkit.sweep(f, "layers", "K", None, 2048, "title", "header")
   assert not list(tmp_path.iterdir())
+
+
+def test_rerun_of_a_finished_sweep_run_keeps_its_training_record(
+    tmp_path, monkeypatch):
+  """Re-running a sweep reloads finished runs; their records keep the wall
+  time, finish time and command of the training, not the reload's."""
+  calls = []
+
+  def fake_train(cfg, workdir):
+    calls.append(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    (pathlib.Path(workdir) / "results.json").write_text("{}")
+    members = [{"seed": 0, "test_accuracy": 0.7, "test_nll": 1.0}]
+    res = {"members": members, "epochs_run": cfg.train.num_epochs,
+           "stopped_early": False, "num_params": 131,
+           "bayes": {"bayes_max_prob": 0.8}}
+    return types.SimpleNamespace(results={cfg.models[0]: res})
+
+  monkeypatch.setattr(toolkit.train, "train", fake_train)
+  kw = dict(name="layers", mode="authors", model="gd", num_layers=1,
+            num_train=2048, data_seed="authors", num_seeds=1, epochs=3,
+            eval_every=1, gd_lr=None, tf_lr=None, patience=None,
+            runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path))
+  first = toolkit.run_one(command="first", **kw)
+  path = tmp_path / "layers.json"
+  data = json.loads(path.read_text())
+  key = "authors/gd/K1/L2048/drawauthors/e3_ev1_lrpaper"
+  data[key]["wall_s"] = 1234.5  # as if training had taken that long
+  path.write_text(json.dumps(data))
+  second = toolkit.run_one(command="second", **kw)
+  assert len(calls) == 2 and first["command"] == "first"
+  assert (second["wall_s"], second["finished"], second["command"]) == (
+      1234.5, first["finished"], "first")
+  assert json.loads(path.read_text())[key]["wall_s"] == 1234.5
