@@ -118,17 +118,20 @@ def headline_series(rows: list[dict[str, Any]]
   compares with its numbers point for point) when it covers as many x values
   as any other series of the model, then draws mode (its error bars are the
   spread over draws), then the protocol covering the most x values, then the
-  most epochs. A series of
-  a single x value is not drawn (it stays in the tables).
+  most epochs. A series holds runs at one value of the coordinate that is
+  not swept (K of an L sweep, L of a K sweep). A series of a single x value
+  is not drawn (it stays in the tables).
   """
   series = {}
   for r in rows:
-    series.setdefault((r["model"], r["mode"], r["protocol"]), []).append(r)
+    fixed = tuple(None if v == r["x"] else v for v in (r["K"], r["L"]))
+    series.setdefault((r["model"], r["mode"], r["protocol"], fixed),
+                      []).append(r)
   longest = {}
-  for (model, _, _), rs in series.items():
+  for (model, *_), rs in series.items():
     longest[model] = max(longest.get(model, 0), len(rs))
   best = {}
-  for (model, mode, _), rs in series.items():
+  for (model, mode, *_), rs in series.items():
     if len(rs) < 2:
       continue
     full_authors = mode == "authors" and len(rs) == longest[model]
@@ -169,8 +172,9 @@ def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
     ax.errorbar([r["x"] for r in rs], [r["acc_mean"] for r in rs],
                 yerr=[r["acc_std"] for r in rs], color=color, marker="o",
                 ms=5, capsize=3,
-                label=f"{MODEL_LABEL.get(model, model)}, ours: {rs[0]['epochs']}"
-                f" epochs, mean ± std over {ns} {unit}"
+                label=f"{MODEL_LABEL.get(model, model)}, ours"
+                + (f" (K = {rs[0]['K']})" if xkey == "L" else "")
+                + f": {rs[0]['epochs']} epochs, mean ± std over {ns} {unit}"
                 + (", authors' draw" if rs[0]["mode"] == "authors" else ""))
   for model in shown:
     if model not in PAPER_LAYERS:

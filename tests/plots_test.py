@@ -109,3 +109,20 @@ def test_plot_image_context_draws_and_checks_shapes(tmp_path):
     plots.plot_image_context(images, y, images[0], 1, {"GD": np.ones(5) / 5})
   with pytest.raises(ValueError, match=r"images_ctx: expected \[N=6"):
     plots.plot_image_context(images[:4], y, images[0], 1, probs)
+
+
+def test_headline_series_never_joins_runs_at_different_fixed_k():
+  """An L sweep at K = 1 and at K = 2 under one protocol: two series, and
+  the figure draws one of them, labelled with its K."""
+  recs = {}
+  for k in (1, 2):
+    for l in (2048, 4096, 8192):
+      r = _record("gd", k, 0, 0.6 + 0.05 * k, protocol="e100")
+      r["L"] = l
+      recs[f"{k}/{l}"] = r
+  rows = plots.aggregate(recs, "L")
+  shown = plots.headline_series(rows)["gd"]
+  assert [r["x"] for r in shown] == [2048, 4096, 8192]
+  assert len({r["K"] for r in shown}) == 1
+  labels = plots.plot_sweep(rows, "L").axes[0].get_legend_handles_labels()[1]
+  assert any(f"(K = {shown[0]['K']})" in label for label in labels)
