@@ -7,6 +7,8 @@ Run (from the repository root):
     python -m experiments.bench_train --diagnose # adds section 4 (~1 min more)
     python -m experiments.bench_train --layers=2 --tf_layers= --seeds=1 --diagnose
     python -m experiments.bench_train --layers=2 --tf_layers=1 --seeds=1 --microbatch=16,32,64,128,512
+    python -m experiments.bench_train --layers=1 --tf_layers= --seeds=1 --microbatch=4,8,16,64 \
+        --sweep_layers= --tf_sweep_layers=1,2    # the Trained TF's microbatch (~5 min)
     python -m experiments.bench_train --quick --seeds=1 --ops   # adds section 6
 
 Configs: gdattn/configs/synthetic.py `get_config("paper,layers=K")` (C=25,
