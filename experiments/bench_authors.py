@@ -132,8 +132,9 @@ def check_settings(models, layers, epochs, repeats, authors_src,
   if epochs < 1 or repeats < 1:
     raise ValueError(f"--epochs and --repeats must be >= 1, got {epochs},"
                      f" {repeats}")
-  if tf_microbatch is not None and (tf_microbatch < 1 or 512 % tf_microbatch):
-    raise ValueError("--tf_microbatch must divide the batch of 512, got"
+  batch = bench_train.paper_config(1, "trained_tf").train.batch_size
+  if tf_microbatch is not None and (tf_microbatch < 1 or batch % tf_microbatch):
+    raise ValueError(f"--tf_microbatch must divide the batch of {batch}, got"
                      f" {tf_microbatch}")
   if not authors_src or not os.path.isfile(
       os.path.join(authors_src, "train.py")):

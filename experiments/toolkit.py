@@ -294,9 +294,12 @@ def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
                  microbatch=None):
   """A short name of the training protocol (also part of the workdir).
 
-  `microbatch` is the microbatch size when it is not the paper config's.
+  `microbatch` is the run's microbatch size; None or the paper config's
+  leaves the tag as it was before the field could be set.
   """
   lr = gd_lr if model == "gd" else tf_lr
+  if microbatch == _paper_microbatch():
+    microbatch = None
   if (epochs == 5000 and eval_every == 100 and lr is None and patience is None
       and microbatch is None):
     return "paper"
@@ -335,8 +338,6 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
             epochs, eval_every, gd_lr, tf_lr, patience, runs_dir, results_dir,
             command, members_per_step=None, microbatch=None):
   """Trains one (model, K, L, draw) with 1 or num_seeds members; merges the result."""
-  if microbatch == _paper_microbatch():
-    microbatch = None
   tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
                      microbatch)
   key = _sweep_key(mode, model, num_layers, num_train, data_seed, tag)
@@ -413,10 +414,9 @@ def record_from_workdir(workdir, command):
   res = load_json(results_path)[model]
   t, d = cfg.train, cfg.data
   lr = cfg.learning_rates[0] if cfg.learning_rates else None
-  micro = t.microbatch_size
   tag = protocol_tag(t.num_epochs, t.eval_every, lr if model == "gd" else None,
                      None if model == "gd" else lr, t.patience, model,
-                     None if micro == _paper_microbatch() else micro)
+                     t.microbatch_size)
   mode = "authors" if d.name == "authors_high_dim" else "seeds"
   draw = "authors" if mode == "authors" else d.seed
   key = _sweep_key(mode, model, cfg.model.num_layers, d.num_train, draw, tag)

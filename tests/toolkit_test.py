@@ -91,6 +91,9 @@ def test_bad_config_names_it(config, match):
 
 def test_protocol_tag_names_a_non_paper_microbatch():
   assert toolkit.protocol_tag(5000, 100, None, None, None, "gd") == "paper"
+  # The paper config's own microbatch (64) leaves the tag unchanged.
+  assert (toolkit.protocol_tag(5000, 100, None, None, None, "trained_tf", 64)
+          == "paper")
   assert (toolkit.protocol_tag(500, 25, None, 5e-3, 10, "trained_tf", 8)
           == "e500_ev25_lr0.005_pat10_mb8")
   assert (toolkit.protocol_tag(5000, 100, None, None, None, "trained_tf", 8)
