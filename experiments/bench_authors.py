@@ -190,10 +190,13 @@ def _round_mean(values):
 
 def main(argv):
   del argv
-  models, layers = check_settings(
-      _MODELS.value, bench_train._LAYERS.value, _EPOCHS.value,
-      bench_train._REPEATS.value, _AUTHORS_SRC.value, _AUTHORS_PYTHON.value,
-      _TF_MICROBATCH.value)
+  try:  # a bad flag: one line, no traceback
+    models, layers = check_settings(
+        _MODELS.value, bench_train._LAYERS.value, _EPOCHS.value,
+        bench_train._REPEATS.value, _AUTHORS_SRC.value, _AUTHORS_PYTHON.value,
+        _TF_MICROBATCH.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   epochs, repeats = _EPOCHS.value, bench_train._REPEATS.value
   import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()

@@ -7,6 +7,8 @@ authors' environment.
 
 import datetime
 import importlib
+import os
+import subprocess
 import sys
 import types
 
@@ -14,6 +16,8 @@ import pytest
 
 from experiments import authors_driver
 from experiments import bench_authors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_stubs_import_like_packages(monkeypatch):
@@ -90,3 +94,14 @@ def test_check_settings_rejects(src, change, match):
   args.update(change)
   with pytest.raises(ValueError, match=match):
     bench_authors.check_settings(**args)
+
+
+def test_bad_flag_is_one_line_without_traceback(src):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.bench_authors", "--tf_microbatch=7",
+       f"--authors_src={src}", f"--authors_python={sys.executable}"],
+      capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode != 0
+  assert "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      "--tf_microbatch must divide the batch of 512, got 7")
