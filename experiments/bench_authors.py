@@ -106,6 +106,10 @@ _TF_MICROBATCH = flags.DEFINE_integer(
     "tf_microbatch", None, "gdattn's Trained TF contexts per gradient"
     " microbatch (None: the paper config's 64; bench_train section 5 finds"
     " this machine's fastest).")
+_TF_TOKEN_LAYOUT = flags.DEFINE_enum(
+    "tf_token_layout", None, ["exact", "paper"], "gdattn's Trained TF token"
+    " layout (None: the config's 'exact', width D + (K+2)E; 'paper': the"
+    " authors' model, width D + 3E at every K, the like-for-like timing).")
 _AUTHORS_LOG = flags.DEFINE_string(
     "authors_log", None, "File for the authors' processes' stderr (their"
     " prints); default: discarded.")
@@ -214,7 +218,10 @@ def main(argv):
       bench_train.paper_config(1, "gd").data)
   micro = lambda model: _TF_MICROBATCH.value if model == "trained_tf" else None
   ours = {s: bench_train.prepare_training(
-      bench_train.paper_config(s[1], s[0], microbatch=micro(s[0])), s[0],
+      bench_train.paper_config(
+          s[1], s[0], microbatch=micro(s[0]),
+          token_layout=_TF_TOKEN_LAYOUT.value if s[0] == "trained_tf" else None),
+      s[0],
       datasets, epochs) for s in settings}
   try:
     for s, p in authors.items():
@@ -222,7 +229,9 @@ def main(argv):
       print(f"authors {s[0]} K={s[1]}: jax {r['jax']}, {r['devices']} device(s),"
             f" set-up {r['setup_s']:.0f} s, warm-up epoch {r['warmup_s']:.1f} s,"
             f" lr {r['lr']}; gdattn compile {ours[s].compile_s:.1f} s,"
-            f" microbatch {ours[s].microbatch}",
+            f" microbatch {ours[s].microbatch}"
+            + (f", token layout {_TF_TOKEN_LAYOUT.value or 'exact'}"
+               if s[0] == "trained_tf" else ""),
             flush=True)
     for i in range(repeats):
       for s in settings:

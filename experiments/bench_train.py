@@ -125,13 +125,16 @@ MEMBER_TOL = 1e-5
 
 def paper_config(num_layers: int, model: str, num_seeds: int = 1,
                  seed: int = 0, members_per_step: int | None = None,
-                 microbatch: int | None = None) -> config_lib.ExperimentConfig:
+                 microbatch: int | None = None,
+                 token_layout: str | None = None) -> config_lib.ExperimentConfig:
   train_fields = dict(members_per_step=members_per_step)
   if microbatch is not None:
     train_fields["microbatch_size"] = microbatch
+  model_fields = ({} if token_layout is None else
+                  {"model": dict(trained_tf=dict(token_layout=token_layout))})
   return toolkit.synthetic_config(
       "paper", num_layers, models=(model,), num_seeds=num_seeds, seed=seed,
-      train=train_fields)
+      train=train_fields, **model_fields)
 
 
 def gd_model(cfg, input_dim, seed):

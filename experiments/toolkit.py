@@ -276,6 +276,10 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
       "tf_microbatch", None, "Trained TF contexts per gradient microbatch (None:"
       " the config's 64). Same gradient up to the order of float sums; on 2"
       " CPU cores 8 is 1.3-1.5x faster at K >= 2 (bench_train section 5).")
+  f.tf_token_layout = flags.DEFINE_enum(
+      "tf_token_layout", None, ["exact", "paper"], "Trained TF token layout"
+      " (None: the config's 'exact', one E slot per block, width D + (K+2)E;"
+      " 'paper': the authors' model, one E slot, width D + 3E at every K).")
   f.members_per_step = flags.DEFINE_integer(
       "members_per_step", None, "Seeds whose gradients are vmapped together (None:"
       " all). On CPU at K >= 2, 1 is 1.4-1.7x faster for 5 seeds (bench_train).")
@@ -291,25 +295,26 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
 
 
 def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
-                 microbatch=None):
+                 microbatch=None, token_layout=None):
   """A short name of the training protocol (also part of the workdir).
 
-  `microbatch` is the run's microbatch size; None or the paper config's
-  leaves the tag as it was before the field could be set.
+  `microbatch` is the run's microbatch size and `token_layout` the Trained
+  TF's; None or the paper config's value leaves the tag as it was before
+  the field could be set.
   """
   lr = gd_lr if model == "gd" else tf_lr
-  if microbatch == _paper_microbatch():
+  paper = synthetic_configs.get_config("paper")
+  if microbatch == paper.train.microbatch_size:
     microbatch = None
+  if model != "trained_tf" or token_layout == paper.model.trained_tf.token_layout:
+    token_layout = None
   if (epochs == 5000 and eval_every == 100 and lr is None and patience is None
-      and microbatch is None):
+      and microbatch is None and token_layout is None):
     return "paper"
   tag = f"e{epochs}_ev{eval_every}_lr{'paper' if lr is None else f'{lr:g}'}"
   tag += f"_pat{patience}" if patience is not None else ""
-  return tag + (f"_mb{microbatch}" if microbatch is not None else "")
-
-
-def _paper_microbatch() -> int:
-  return synthetic_configs.get_config("paper").train.microbatch_size
+  tag += f"_mb{microbatch}" if microbatch is not None else ""
+  return tag + (f"_layout{token_layout}" if token_layout is not None else "")
 
 
 def _sweep_key(mode, model, num_layers, num_train, draw, tag):
@@ -326,6 +331,8 @@ def _run_record(cfg, res, *, mode, draw, tag, lr, wall_s, resumed, workdir,
       "init_seeds": [m["seed"] for m in res["members"]],
       "epochs": t.num_epochs, "eval_every": t.eval_every,
       "patience": t.patience, "microbatch_size": t.microbatch_size,
+      **({"token_layout": cfg.model.trained_tf.token_layout}
+         if model == "trained_tf" else {}),
       "learning_rate": cfg.member_learning_rates(model)[0],
       "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
       "stopped_early": res["stopped_early"], "num_params": res["num_params"],
@@ -336,10 +343,11 @@ def _run_record(cfg, res, *, mode, draw, tag, lr, wall_s, resumed, workdir,
 
 def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
             epochs, eval_every, gd_lr, tf_lr, patience, runs_dir, results_dir,
-            command, members_per_step=None, microbatch=None):
+            command, members_per_step=None, microbatch=None,
+            token_layout=None):
   """Trains one (model, K, L, draw) with 1 or num_seeds members; merges the result."""
   tag = protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
-                     microbatch)
+                     microbatch, token_layout)
   key = _sweep_key(mode, model, num_layers, num_train, data_seed, tag)
   lr = gd_lr if model == "gd" else tf_lr
   # The authors' draw is fixed by their keys; data.seed does not enter it.
@@ -350,6 +358,8 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
       # A given rate replaces the base rate; the paper's decay schedule stays.
       learning_rates=() if lr is None else (lr,),
       data=data,
+      **({} if token_layout is None else
+         {"model": dict(trained_tf=dict(token_layout=token_layout))}),
       train=dict(num_epochs=epochs, eval_every=eval_every, patience=patience,
                  members_per_step=members_per_step,  # speed only: same maths
                  **({} if microbatch is None else
@@ -416,7 +426,7 @@ def record_from_workdir(workdir, command):
   lr = cfg.learning_rates[0] if cfg.learning_rates else None
   tag = protocol_tag(t.num_epochs, t.eval_every, lr if model == "gd" else None,
                      None if model == "gd" else lr, t.patience, model,
-                     t.microbatch_size)
+                     t.microbatch_size, cfg.model.trained_tf.token_layout)
   mode = "authors" if d.name == "authors_high_dim" else "seeds"
   draw = "authors" if mode == "authors" else d.seed
   key = _sweep_key(mode, model, cfg.model.num_layers, d.num_train, draw, tag)
@@ -547,6 +557,8 @@ def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
                     results_dir=f.results_dir.value, command=command,
                     members_per_step=f.members_per_step.value,
                     microbatch=(f.tf_microbatch.value if model == "trained_tf"
-                                else None))
+                                else None),
+                    token_layout=(f.tf_token_layout.value
+                                  if model == "trained_tf" else None))
             report()
   report()

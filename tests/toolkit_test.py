@@ -100,6 +100,44 @@ def test_protocol_tag_names_a_non_paper_microbatch():
           == "e5000_ev100_lrpaper_mb8")
 
 
+def test_protocol_tag_names_a_non_default_token_layout():
+  # The config's own layout ("exact") and GD leave the tag unchanged.
+  assert (toolkit.protocol_tag(5000, 100, None, None, None, "trained_tf",
+                               None, "exact") == "paper")
+  assert (toolkit.protocol_tag(5000, 100, None, None, None, "gd", None,
+                               "paper") == "paper")
+  assert (toolkit.protocol_tag(5000, 100, None, None, None, "trained_tf",
+                               None, "paper") == "e5000_ev100_lrpaper_layoutpaper")
+  assert (toolkit.protocol_tag(300, 25, None, 5e-3, 4, "trained_tf", 8, "paper")
+          == "e300_ev25_lr0.005_pat4_mb8_layoutpaper")
+
+
+def test_sweep_run_trains_the_token_layout_it_is_given(tmp_path, monkeypatch):
+  seen = []
+
+  def fake_train(cfg, workdir):
+    seen.append(cfg.model.trained_tf.token_layout)
+    members = [{"seed": 0, "test_accuracy": 0.5, "test_nll": 1.5}]
+    res = {"members": members, "epochs_run": 1, "stopped_early": False,
+           "num_params": 1, "bayes": {"bayes_max_prob": 0.8}}
+    return types.SimpleNamespace(results={cfg.models[0]: res})
+
+  monkeypatch.setattr(toolkit.train, "train", fake_train)
+  kw = dict(name="layers", mode="authors", model="trained_tf", num_layers=2,
+            num_train=2048, data_seed="authors", num_seeds=1, epochs=3,
+            eval_every=1, gd_lr=None, tf_lr=None, patience=None,
+            runs_dir=str(tmp_path / "runs"), results_dir=str(tmp_path),
+            command="c")
+  for layout in (None, "paper"):
+    toolkit.run_one(token_layout=layout, **kw)
+  records = json.loads((tmp_path / "layers.json").read_text())
+  assert seen == ["exact", "paper"]
+  assert {k: r["token_layout"] for k, r in records.items()} == {
+      "authors/trained_tf/K2/L2048/drawauthors/e3_ev1_lrpaper": "exact",
+      "authors/trained_tf/K2/L2048/drawauthors/e3_ev1_lrpaper_layoutpaper":
+          "paper"}
+
+
 def test_sweep_checks_tf_microbatch_before_training(tmp_path):
   value = lambda v: types.SimpleNamespace(value=v)
   f = types.SimpleNamespace(
