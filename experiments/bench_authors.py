@@ -110,6 +110,10 @@ _TF_TOKEN_LAYOUT = flags.DEFINE_enum(
     "tf_token_layout", None, ["exact", "paper"], "gdattn's Trained TF token"
     " layout (None: the config's 'exact', width D + (K+2)E; 'paper': the"
     " authors' model, width D + 3E at every K, the like-for-like timing).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "CPU devices gdattn's side splits the host into"
+    " (config.train.cpu_devices; None: JAX's one). The authors' side keeps"
+    " its one device.")
 _AUTHORS_LOG = flags.DEFINE_string(
     "authors_log", None, "File for the authors' processes' stderr (their"
     " prints); default: discarded.")
@@ -120,7 +124,7 @@ DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 
 def check_settings(models, layers, epochs, repeats, authors_src,
-                   authors_python, tf_microbatch=None
+                   authors_python, tf_microbatch=None, cpu_devices=None
                    ) -> tuple[list[str], list[int]]:
   """Validates the flags before anything starts; returns (models, layers)."""
   models = [m.strip() for m in models]
@@ -140,6 +144,11 @@ def check_settings(models, layers, epochs, repeats, authors_src,
   if tf_microbatch is not None and (tf_microbatch < 1 or batch % tf_microbatch):
     raise ValueError(f"--tf_microbatch must divide the batch of {batch}, got"
                      f" {tf_microbatch}")
+  if cpu_devices is not None and (cpu_devices < 1 or (
+      "gd" in models and 64 % cpu_devices) or (tf_microbatch or 64) % cpu_devices):
+    raise ValueError("--cpu_devices must be >= 1 and divide the microbatches"
+                     f" (GD 64, Trained TF {tf_microbatch or 64}), got"
+                     f" {cpu_devices}")
   if not authors_src or not os.path.isfile(
       os.path.join(authors_src, "train.py")):
     raise ValueError("--authors_src must be the authors' src/experiments_jax"
@@ -159,7 +168,8 @@ class AuthorsProcess:
         [python, DRIVER, f"--src={src}", f"--model={model}",
          f"--layers={layers}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-        cwd=os.path.dirname(DRIVER))
+        cwd=os.path.dirname(DRIVER),
+        env={k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"})
     self.ready = None
     self.rounds = []
 
@@ -198,13 +208,16 @@ def main(argv):
     models, layers = check_settings(
         _MODELS.value, bench_train._LAYERS.value, _EPOCHS.value,
         bench_train._REPEATS.value, _AUTHORS_SRC.value, _AUTHORS_PYTHON.value,
-        _TF_MICROBATCH.value)
+        _TF_MICROBATCH.value, _CPU_DEVICES.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   epochs, repeats = _EPOCHS.value, bench_train._REPEATS.value
   import jax  # pylint: disable=g-import-not-at-top
+  if _CPU_DEVICES.value is not None:  # before JAX's first computation
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   start = time.perf_counter()
-  print(f"bench_authors: gdattn on jax {jax.__version__}, {os.cpu_count()}"
+  print(f"bench_authors: gdattn on jax {jax.__version__} ({jax.device_count()}"
+        f" {jax.default_backend()} device(s)), {os.cpu_count()}"
         f" CPUs, load average {os.getloadavg()[0]:.1f}; {epochs} epochs per"
         f" round, {repeats} rounds, alternating authors / gdattn", flush=True)
   log = open(_AUTHORS_LOG.value, "w") if _AUTHORS_LOG.value else subprocess.DEVNULL

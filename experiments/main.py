@@ -96,6 +96,8 @@ def main(argv):
   if _PRINT_CONFIG.value:
     print_config(cfg)
     return
+  if cfg.train.cpu_devices is not None:  # before JAX's first computation
+    jax.config.update("jax_num_cpu_devices", cfg.train.cpu_devices)
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required (output directory)")
   workdir = _WORKDIR.value

@@ -317,7 +317,7 @@ def make_trainer(cfg: config_lib.ExperimentConfig, model_name: str,
   members = members_of(cfg, model_name)
   t = cfg.train
   devices = jax.devices()
-  config_lib.check_devices(cfg, len(devices))
+  config_lib.check_devices(cfg, len(devices), jax.default_backend())
   mesh = jax.make_mesh((len(devices),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   make = lambda rngs: task.make_model(model_name, cfg.model, datasets.info,

@@ -279,7 +279,7 @@ def train(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     value) and the members' best parameters.
   """
   cfg = config_lib.from_configdict(config)
-  config_lib.check_devices(cfg, jax.device_count())
+  config_lib.check_devices(cfg, jax.device_count(), jax.default_backend())
   task = tasks.get(cfg.task)
   with workdir_lib.open_workdir(workdir, cfg, overwrite=overwrite):
     datasets = task.make_datasets(cfg.data)

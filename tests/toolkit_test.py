@@ -142,7 +142,8 @@ def test_sweep_checks_tf_microbatch_before_training(tmp_path):
   value = lambda v: types.SimpleNamespace(value=v)
   f = types.SimpleNamespace(
       xs=value(["1"]), models=value(["trained_tf"]), modes=value(["authors"]),
-      tf_microbatch=value(7), results_dir=value(str(tmp_path)),
+      tf_microbatch=value(7), cpu_devices=value(None),
+      results_dir=value(str(tmp_path)),
       add_workdirs=value([]), report_only=value(False))
   with pytest.raises(app.UsageError,
                      match=r"--tf_microbatch: .*microbatch_size.*512.*7"):

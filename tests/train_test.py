@@ -161,15 +161,25 @@ def test_epoch_chunks_equal_one_run_epochs_call():
 
 
 def test_eight_simulated_devices_match_one(tmp_path):
+  """train.cpu_devices=8 (set by experiments.main before JAX starts: the
+  run fails if it is not) trains on 8 CPU devices to the same numbers."""
   flags = ["--config.models=gd,trained_tf", "--config.optim.learning_rate=0.02"]
   one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
   _run_main(one, *flags, env={"XLA_FLAGS": ""})
-  _run_main(eight, *flags,
-            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  _run_main(eight, *flags, "--config.train.cpu_devices=8",
+            env={"XLA_FLAGS": ""})
   for model in ("gd", "trained_tf"):
     a, b = _test_metrics(one, model), _test_metrics(eight, model)
     for key in a:
       np.testing.assert_allclose(a[key], b[key], rtol=REORDER_RTOL, err_msg=key)
+
+
+def test_cpu_devices_other_than_jaxs_fail_before_anything_is_written(tmp_path):
+  cfg = smoke(**{"train.cpu_devices": jax.device_count() + 1})
+  with pytest.raises(ValueError, match=r"config.train.cpu_devices: expected"
+                     r" \d+ CPU devices, JAX has \d+; call jax.config.update"):
+    train.train(cfg, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 def test_nonfinite_loss_stops_with_a_clear_error(tmp_path):
@@ -187,6 +197,7 @@ def test_nonfinite_loss_stops_with_a_clear_error(tmp_path):
     ("optim.learning_rate", -1.0, "config.optim.learning_rate"),
     ("data.name", "imagenet", "config.data.name"),
     ("train.members_per_step", 0, "config.train.members_per_step"),
+    ("train.cpu_devices", 0, "config.train.cpu_devices"),
 ])
 def test_bad_config_fails_before_compute(key, value, match):
   with pytest.raises(ValueError, match=match):

@@ -53,7 +53,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
       patience=config_dict.placeholder(int),
       microbatch_size=config_dict.placeholder(int), eval_batch_size=64,
       members_per_step=config_dict.placeholder(int), progress=True,
-      tensorboard=False))
+      tensorboard=False, cpu_devices=config_dict.placeholder(int)))
   if variant == "smoke":
     c.data.context_length = 16
     c.data.num_val = 8
