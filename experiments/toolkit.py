@@ -283,7 +283,7 @@ def define_sweep_flags(xs_name, xs_default, xs_help):
   f.cpu_devices = flags.DEFINE_integer(
       "cpu_devices", None, "config.train.cpu_devices: CPU devices the host is"
       " split into, data parallel (None: JAX's one). On 2 cores 2 trains the"
-      " Trained TF 1.5-2.3x faster (bench_train --cpu_devices).")
+      " Trained TF 1.3-1.9x faster (experiments/bench_devices.py).")
   f.members_per_step = flags.DEFINE_integer(
       "members_per_step", None, "Seeds whose gradients are vmapped together (None:"
       " all). On CPU at K >= 2, 1 is 1.4-1.7x faster for 5 seeds (bench_train).")

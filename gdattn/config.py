@@ -106,7 +106,8 @@ class TrainConfig:
       split into for data parallelism (jax_num_cpu_devices; None: JAX's
       default, one device for all cores). Small per-context ops run faster
       on one core each than split across cores: 2 devices on 2 cores train
-      the Trained TF 1.5-2.3x faster (experiments/bench_train.py). Like
+      the Trained TF 1.3-1.9x faster, GD at K = 2 slower
+      (experiments/bench_devices.py). Like
       microbatch_size it changes the order of float sums, so it is part of
       the config; it must be set before JAX's first computation
       (experiments.main does it). Ignored on other backends.

@@ -108,7 +108,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   c.train.progress = True
   c.train.tensorboard = False  # event files next to metrics.jsonl (tensorboardX)
   c.train.unroll = False  # True: no XLA loop around the model (CNNs on CPU)
-  # None: JAX's one CPU device; 2 on 2 cores: the Trained TF 1.5-2.3x faster.
+  # None: JAX's one CPU device; 2 on 2 cores: the Trained TF 1.3-1.9x faster.
   c.train.cpu_devices = config_dict.placeholder(int)
 
   if variant == "demo":
