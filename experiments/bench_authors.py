@@ -190,43 +190,56 @@ def check_settings(models, layers, epochs, repeats, authors_src,
   return models, ks
 
 
-class AuthorsProcess:
-  """One authors_driver.py process for one (model, K)."""
+class JsonWorker:
+  """A child process that answers each line sent to it with one JSON line
+  (lines not starting with "{" are skipped); "quit" ends it."""
 
-  def __init__(self, python, src, model, layers, log):
-    self.model, self.layers = model, layers
-    self.proc = subprocess.Popen(
-        [python, DRIVER, f"--src={src}", f"--model={model}",
-         f"--layers={layers}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-        cwd=os.path.dirname(DRIVER),
-        env={k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"})
-    self.ready = None
+  def __init__(self, cmd, name, **popen_kwargs):
+    self.name = name
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True,
+                                 **popen_kwargs)
     self.rounds = []
 
-  def _read(self):
+  def read(self) -> dict:
     for line in self.proc.stdout:
       if line.startswith("{"):
         return json.loads(line)
-    raise RuntimeError(f"authors' {self.model} K={self.layers} driver ended"
-                       f" (exit {self.proc.wait()}); see --authors_log")
+    raise RuntimeError(f"{self.name} ended (exit {self.proc.wait()})")
 
-  def wait_ready(self):
-    self.ready = self._read()
-    return self.ready
-
-  def run(self, epochs):
-    self.proc.stdin.write(f"{epochs}\n")
+  def request(self, line: str) -> dict:
+    """Sends `line`, keeps the answer in `rounds` and returns it."""
+    self.proc.stdin.write(f"{line}\n")
     self.proc.stdin.flush()
-    record = self._read()
-    self.rounds.append(record)
-    return record
+    self.rounds.append(self.read())
+    return self.rounds[-1]
 
   def close(self):
     if self.proc.poll() is None:
       self.proc.stdin.write("quit\n")
       self.proc.stdin.close()
       self.proc.wait(timeout=60)
+
+
+class AuthorsProcess(JsonWorker):
+  """One authors_driver.py process for one (model, K)."""
+
+  def __init__(self, python, src, model, layers, log):
+    self.model, self.layers = model, layers
+    super().__init__(
+        [python, DRIVER, f"--src={src}", f"--model={model}",
+         f"--layers={layers}"],
+        f"the authors' {model} K={layers} driver (see --authors_log)",
+        stderr=log, cwd=os.path.dirname(DRIVER),
+        env={k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"})
+    self.ready = None
+
+  def wait_ready(self):
+    self.ready = self.read()
+    return self.ready
+
+  def run(self, epochs):
+    return self.request(str(epochs))
 
 
 def _round_mean(values):

@@ -34,7 +34,6 @@ figures in the README's speed section.
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -109,35 +108,18 @@ def worker(models, layers, epochs):
                       for (m, k), t in timings.items()}), flush=True)
 
 
-class Worker:
+class Worker(bench_authors.JsonWorker):
   """One timing worker process at a device count."""
 
   def __init__(self, count, argv):
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(count), "XLA_FLAGS": ""}
     self.count = count
-    self.proc = subprocess.Popen(
+    super().__init__(
         [sys.executable, "-m", "experiments.bench_devices", "--worker", *argv],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    self.rounds = []
-
-  def read(self):
-    for line in self.proc.stdout:
-      if line.startswith("{"):
-        return json.loads(line)
-    raise RuntimeError(f"the worker with {self.count} devices ended (exit"
-                       f" {self.proc.wait()})")
+        f"the worker with {count} devices",
+        env={**os.environ, "JAX_NUM_CPU_DEVICES": str(count), "XLA_FLAGS": ""})
 
   def time_round(self):
-    self.proc.stdin.write("time\n")
-    self.proc.stdin.flush()
-    self.rounds.append(self.read())
-    return self.rounds[-1]
-
-  def close(self):
-    if self.proc.poll() is None:
-      self.proc.stdin.write("quit\n")
-      self.proc.stdin.close()
-      self.proc.wait(timeout=60)
+    return self.request("time")
 
 
 def main(argv):
