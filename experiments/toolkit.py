@@ -308,7 +308,7 @@ def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
   """
   lr = gd_lr if model == "gd" else tf_lr
   paper = synthetic_configs.get_config("paper")
-  if microbatch == paper.train.microbatch_size:
+  if microbatch == _paper_microbatch():
     microbatch = None
   if model != "trained_tf" or token_layout == paper.model.trained_tf.token_layout:
     token_layout = None
@@ -320,6 +320,10 @@ def protocol_tag(epochs, eval_every, gd_lr, tf_lr, patience, model,
   tag += f"_mb{microbatch}" if microbatch is not None else ""
   tag += f"_layout{token_layout}" if token_layout is not None else ""
   return tag + (f"_dev{cpu_devices}" if cpu_devices is not None else "")
+
+
+def _paper_microbatch() -> int:
+  return synthetic_configs.get_config("paper").train.microbatch_size
 
 
 def _sweep_key(mode, model, num_layers, num_train, draw, tag):
@@ -534,12 +538,16 @@ def sweep(f, name, xkey, fixed_layers, fixed_train, title, header_md):
           f"--modes: each one of {plots.SWEEP_MODES}, got {mode!r}")
   report = lambda: write_sweep_reports(f.results_dir.value, name, xkey, title,
                                        header_md)
-  if f.cpu_devices.value is not None and not f.report_only.value:
-    if f.cpu_devices.value < 1:
-      raise app.UsageError(f"--cpu_devices: expected None or >= 1, got"
-                           f" {f.cpu_devices.value}")
+  devices = f.cpu_devices.value
+  if devices is not None and not f.report_only.value:
+    micro = {m: (f.tf_microbatch.value if m == "trained_tf" else None)
+             or _paper_microbatch() for m in f.models.value}
+    if devices < 1 or any(b % devices for b in micro.values()):
+      raise app.UsageError(
+          f"--cpu_devices: expected an int >= 1 that divides the microbatches"
+          f" {micro}, got {devices}")
     # Before JAX's first computation (config.train.cpu_devices).
-    jax.config.update("jax_num_cpu_devices", f.cpu_devices.value)
+    jax.config.update("jax_num_cpu_devices", devices)
   if f.tf_microbatch.value is not None:
     try:  # before any training: it must divide the batch
       synthetic_config("paper", 1,

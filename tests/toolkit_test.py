@@ -151,6 +151,21 @@ def test_sweep_checks_tf_microbatch_before_training(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("devices", [0, 3])
+def test_sweep_checks_cpu_devices_before_training(tmp_path, devices):
+  value = lambda v: types.SimpleNamespace(value=v)
+  f = types.SimpleNamespace(
+      xs=value(["1"]), models=value(["gd", "trained_tf"]),
+      modes=value(["authors"]), tf_microbatch=value(8),
+      cpu_devices=value(devices), results_dir=value(str(tmp_path)),
+      add_workdirs=value([]), report_only=value(False))
+  with pytest.raises(app.UsageError, match=r"--cpu_devices: expected an int"
+                     r" >= 1 that divides the microbatches \{'gd': 64,"
+                     rf" 'trained_tf': 8\}}, got {devices}"):
+    toolkit.sweep(f, "layers", "K", None, 2048, "title", "header")
+  assert not list(tmp_path.iterdir())
+
+
 def test_rerun_of_a_finished_sweep_run_keeps_its_training_record(
     tmp_path, monkeypatch):
   """Re-running a sweep reloads finished runs; their records keep the wall
