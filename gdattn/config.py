@@ -105,8 +105,9 @@ class TrainConfig:
     cpu_devices: on the CPU backend, the number of XLA devices the host is
       split into for data parallelism (jax_num_cpu_devices; None: JAX's
       default, one device for all cores). Small per-context ops run faster
-      on one core each than split across cores: 2 devices on 2 cores train
-      the Trained TF 1.3-1.9x faster, GD at K = 2 slower
+      on one core each than split across cores: 2 devices on 2 idle cores
+      train the Trained TF 1.3-1.9x faster, GD at K = 2 slower, and beside
+      another job on those cores about as fast as one device
       (experiments/bench_devices.py). Like
       microbatch_size it changes the order of float sums, so it is part of
       the config; it must be set before JAX's first computation
