@@ -123,6 +123,7 @@ from absl import app
 from absl import flags
 
 from experiments import bench_train
+from gdattn import config as config_lib
 from gdattn import tasks
 
 _AUTHORS_SRC = flags.DEFINE_string(
@@ -171,15 +172,14 @@ def check_settings(models, layers, epochs, repeats, authors_src,
   if epochs < 1 or repeats < 1:
     raise ValueError(f"--epochs and --repeats must be >= 1, got {epochs},"
                      f" {repeats}")
-  batch = bench_train.paper_config(1, "trained_tf").train.batch_size
-  if tf_microbatch is not None and (tf_microbatch < 1 or batch % tf_microbatch):
-    raise ValueError(f"--tf_microbatch must divide the batch of {batch}, got"
-                     f" {tf_microbatch}")
-  if cpu_devices is not None and (cpu_devices < 1 or (
-      "gd" in models and 64 % cpu_devices) or (tf_microbatch or 64) % cpu_devices):
-    raise ValueError("--cpu_devices must be >= 1 and divide the microbatches"
-                     f" (GD 64, Trained TF {tf_microbatch or 64}), got"
-                     f" {cpu_devices}")
+  if cpu_devices is not None and cpu_devices < 1:
+    raise ValueError(f"--cpu_devices must be >= 1, got {cpu_devices}")
+  micro = dict.fromkeys(models)  # None: the paper config's microbatch
+  if tf_microbatch is not None:  # checked even when only GD is timed
+    micro["trained_tf"] = tf_microbatch
+  check_microbatches(micro,
+                     {"trained_tf": "tf_microbatch"}, "cpu_devices",
+                     [cpu_devices] if cpu_devices is not None else [])
   if not authors_src or not os.path.isfile(
       os.path.join(authors_src, "train.py")):
     raise ValueError("--authors_src must be the authors' src/experiments_jax"
@@ -188,6 +188,27 @@ def check_settings(models, layers, epochs, repeats, authors_src,
     raise ValueError("--authors_python must be an executable Python, got"
                      f" {authors_python!r}")
   return models, ks
+
+
+def check_microbatches(micro_by_model: dict[str, int | None],
+                       flag_by_model: dict[str, str], counts_flag: str,
+                       counts: list[int]) -> None:
+  """Checks gdattn's microbatches (None: the paper config's) against the
+  paper config's batch and, for each device count, against gdattn's own
+  data-parallel rule (config.check_devices); the errors name the flags."""
+  for model, micro in micro_by_model.items():
+    batch = bench_train.paper_config(1, model).train.batch_size
+    if micro is not None and (micro < 1 or batch % micro):
+      raise ValueError(f"--{flag_by_model[model]} must divide the batch of"
+                       f" {batch}, got {micro}")
+    cfg = bench_train.paper_config(1, model, microbatch=micro)
+    for n in counts:
+      try:
+        config_lib.check_devices(cfg, n)
+      except ValueError:
+        raise ValueError(
+            f"--{counts_flag} must divide gdattn's {model} microbatch of"
+            f" {cfg.train.microbatch_size}, got {n}") from None
 
 
 class JsonWorker:

@@ -68,11 +68,10 @@ def check_settings(models, layers, counts, epochs, repeats, gd_microbatch,
   if epochs < 1 or repeats < 1:
     raise ValueError(f"--epochs and --repeats must be >= 1, got {epochs},"
                      f" {repeats}")
-  for name, micro in (("gd_microbatch", gd_microbatch or 64),
-                      ("tf_microbatch", tf_microbatch or 64)):
-    if micro < 1 or 512 % micro or any(micro % n for n in ns):
-      raise ValueError(f"--{name} must divide the batch of 512 and be"
-                       f" divisible by every count {ns}, got {micro}")
+  bench_authors.check_microbatches(
+      {m: {"gd": gd_microbatch, "trained_tf": tf_microbatch}[m]
+       for m in models},
+      {"gd": "gd_microbatch", "trained_tf": "tf_microbatch"}, "counts", ns)
   return models, ks, ns
 
 
@@ -136,11 +135,15 @@ def main(argv):
     worker(models, layers, epochs)
     return
   start = time.perf_counter()
+  gd = bench_train.paper_config(1, "gd", microbatch=_GD_MICROBATCH.value)
+  tf = bench_train.paper_config(1, "trained_tf",
+                                microbatch=ba._TF_MICROBATCH.value,
+                                token_layout=ba._TF_TOKEN_LAYOUT.value)
   print(f"bench_devices: {os.cpu_count()} CPUs, load average"
         f" {os.getloadavg()[0]:.1f}; device counts {counts}, {epochs} epochs"
-        f" per call, {repeats} rounds; microbatch GD {_GD_MICROBATCH.value or 64},"
-        f" Trained TF {ba._TF_MICROBATCH.value or 64}, token layout"
-        f" {ba._TF_TOKEN_LAYOUT.value or 'exact'}", flush=True)
+        f" per call, {repeats} rounds; microbatch GD"
+        f" {gd.train.microbatch_size}, Trained TF {tf.train.microbatch_size},"
+        f" token layout {tf.model.trained_tf.token_layout}", flush=True)
   argv = [f"--models={','.join(models)}", f"--layers={','.join(map(str, layers))}",
           f"--counts={','.join(map(str, counts))}", f"--epochs={epochs}"]
   argv += [f"--{f.name}={f.value}"

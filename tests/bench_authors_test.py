@@ -87,8 +87,11 @@ def test_check_settings_accepts_and_parses(src):
     (dict(authors_python="/no/such/python"), "--authors_python"),
     (dict(tf_microbatch=7), "--tf_microbatch must divide the batch of 512, got 7"),
     (dict(tf_microbatch=0), "--tf_microbatch"),
-    (dict(cpu_devices=0), "--cpu_devices must be >= 1"),
-    (dict(cpu_devices=3), "--cpu_devices .* divide the microbatches .* got 3"),
+    (dict(cpu_devices=0), "--cpu_devices must be >= 1, got 0"),
+    (dict(cpu_devices=3),
+     "--cpu_devices must divide gdattn.s gd microbatch of 64, got 3"),
+    (dict(cpu_devices=4, tf_microbatch=2),
+     "--cpu_devices must divide gdattn.s trained_tf microbatch of 2, got 4"),
 ])
 def test_check_settings_rejects(src, change, match):
   args = dict(models=["gd"], layers=["1"], epochs=1, repeats=1,

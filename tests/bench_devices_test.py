@@ -24,7 +24,10 @@ def test_check_settings_parses():
     (dict(counts=["1", "0"]), "--counts two or more"),
     (dict(epochs=0), "--epochs"),
     (dict(tf_microbatch=7), "--tf_microbatch must divide the batch of 512"),
-    (dict(counts=["1", "3"]), "microbatch must .* divisible by every count"),
+    (dict(counts=["1", "3"]),
+     "--counts must divide gdattn.s gd microbatch of 64, got 3"),
+    (dict(gd_microbatch=4, counts=["1", "8"]),
+     "--counts must divide gdattn.s gd microbatch of 4, got 8"),
 ])
 def test_check_settings_rejects(change, match):
   args = dict(models=["gd", "trained_tf"], layers=["1"], counts=["1", "2"],
