@@ -25,6 +25,15 @@ Writes experiments/results/structure.{json,md} and structure_K<K>.png (heat
 maps, trained left, GD reference right). `--replot` redraws the md from the
 json; `--quick` trains 3 epochs per K (a smoke run).
 
+`--workdirs=DIR,...` analyses finished Trained TF runs instead of training
+(e.g. the layer sweep's runs on the authors' draw, 3 seeds each): every seed
+of each, the numbers as mean +- std over the seeds, the heat map of the seed
+with the best test accuracy (structure_K<K>_<workdir>.png). Their entries
+are added to structure.json beside the trained ones (same K and workdir:
+replaced):
+
+    python -m experiments.reproduce_structure --workdirs=runs/layers/<K=1 run>,runs/layers/<K=2 run>
+
 References: arXiv:2405.17248 (section 4, trained-transformer weights).
 """
 
@@ -33,10 +42,13 @@ import time
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
 
 from experiments import toolkit
+from gdattn import config as config_lib
 from gdattn import structure
+from gdattn import train
 
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/structure",
                                 "Workdirs of the Trained TF runs.")
@@ -49,6 +61,9 @@ _EPOCHS = flags.DEFINE_list(
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Epochs per evaluation.")
 _QUICK = flags.DEFINE_bool("quick", False, "3 epochs per K (smoke run).")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw the md from the json.")
+_WORKDIRS = flags.DEFINE_list(
+    "workdirs", [], "Finished Trained TF workdirs to analyse (every seed)"
+    " instead of training; added to structure.json.")
 
 NAME = "structure"
 
@@ -83,20 +98,121 @@ def run_depth(num_layers: int, epochs: int, eval_every: int) -> dict:
   }
 
 
+def _workdir_config(workdir: str) -> config_lib.ExperimentConfig:
+  """A finished one-seed-or-more Trained TF run's config; UsageError if not."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise app.UsageError(f"--workdirs: no config.json in {workdir}")
+  cfg = config_lib.from_configdict(toolkit.load_json(path))
+  if cfg.models != ("trained_tf",) or not os.path.exists(
+      os.path.join(workdir, "trained_tf", "results.json")):
+    raise app.UsageError(
+        f"--workdirs: {workdir} must hold a finished Trained TF run, got"
+        f" models={list(cfg.models)}")
+  return cfg
+
+
+def _block_order(key: str) -> tuple[int, int]:
+  """"self_qk_x/1" -> (1, 0): by layer, then in the construction's order
+  (JSON files keep keys sorted, which would put cross before self)."""
+  name, layer = key.split("/")
+  return int(layer), (structure.SELF_BLOCKS + structure.CROSS_BLOCKS).index(name)
+
+
+def _mean_std(per_seed: list[dict[str, float]]) -> dict[str, list[float]]:
+  keys = per_seed[0].keys()
+  return {k: [float(np.mean([p[k] for p in per_seed])),
+              float(np.std([p[k] for p in per_seed]))] for k in keys}
+
+
+def from_workdir(workdir: str) -> dict:
+  """Every seed of a finished Trained TF run: per-block numbers, mean +- std
+  over the seeds, and the best seed's heat map."""
+  start = time.perf_counter()
+  run = train.load(workdir)
+  trained = run.models["trained_tf"]
+  cfg = run.config
+  seeds = range(len(trained.members))
+  test = toolkit.evaluate_best(trained, run.datasets.evals["test"])
+  accuracy = [float(a) for a in np.asarray(test["accuracy"])]
+  results = [structure.structure(trained.model(i)) for i in seeds]
+  inits = [structure.structure(trained.trainer.model(trained.trainer.params, i))
+           for i in seeds]
+  best = int(np.argmax(accuracy))
+  name = os.path.basename(os.path.normpath(workdir))
+  png = os.path.join(_OUT_DIR.value,
+                     f"{NAME}_K{cfg.model.num_layers}_{name}.png")
+  structure.plot_structure(results[best], path=png)
+  numbers = [_numbers(r) for r in results]
+  init_numbers = [_numbers(r) for r in inits]
+  return {
+      "layers": cfg.model.num_layers, "workdir": name,
+      "token_layout": cfg.model.trained_tf.token_layout,
+      "epochs": cfg.train.num_epochs, "seeds": len(accuracy),
+      "best_seed": best, "png": os.path.basename(png),
+      "wall_s": round(time.perf_counter() - start, 1),
+      "test_accuracy": accuracy,
+      "test_nll": [float(a) for a in np.asarray(test["nll"])],
+      "trained": {m: _mean_std([n[m] for n in numbers])
+                  for m in ("cosine", "pattern_fraction")},
+      "init": {m: _mean_std([n[m] for n in init_numbers])
+               for m in ("cosine", "pattern_fraction")},
+  }
+
+
+def _from_workdirs_markdown(r: dict) -> list[str]:
+  acc = r["test_accuracy"]
+  lines = [
+      f"## K = {r['layers']}, finished run `{r['workdir']}` ({r['seeds']}"
+      f" seeds, token layout {r['token_layout']}; test accuracy"
+      f" {np.mean(acc):.3f} ± {np.std(acc):.3f}, per seed"
+      f" {', '.join(f'{a:.3f}' for a in acc)})",
+      "",
+      "Mean ± std over the seeds; heat map of seed"
+      f" {r['best_seed']} (best test accuracy): `{r['png']}`.",
+      "",
+      "| block | cosine (trained) | cosine (init) | in pattern (trained)"
+      " | in pattern (init) |",
+      "|---|---|---|---|---|",
+  ]
+  t, i = r["trained"], r["init"]
+  for key in sorted(t["cosine"], key=_block_order):
+    mean, std = t["cosine"][key]
+    pm, ps = t["pattern_fraction"][key]
+    lines.append(
+        f"| {key} | {mean:.3f} ± {std:.3f} | {i['cosine'][key][0]:.3f}"
+        f" | {pm:.3f} ± {ps:.3f} | {i['pattern_fraction'][key][0]:.3f} |")
+  return lines + [""]
+
+
 def markdown(out: dict) -> list[str]:
   lines = [
       "# Trained TF weights vs the GD construction's pattern",
       "",
-      f"Command: `{out['command']}`",
-      "",
-      "Authors' data draw, paper optimiser per K, one seed; best parameters by"
-      " validation NLL. Per block: cosine between the trained block and its"
-      " projection onto GD's family (1 = GD's form; the init column is the"
-      " same model before training), and the share of the block's squared"
-      " norm on GD's nonzero entries. Heat maps: "
-      + ", ".join(f"`{r['png']}`" for r in out["runs"]) + ".",
+      "Per block: cosine between the trained block and its projection onto"
+      " GD's family (1 = GD's form; the init column is the same model before"
+      " training), and the share of the block's squared norm on GD's nonzero"
+      " entries; best parameters by validation NLL.",
       "",
   ]
+  if out["runs"]:
+    lines += [
+        "Sections \"K = k (n epochs ...)\": trained here on the authors' data"
+        " draw with the paper optimiser per K, one seed. Command:"
+        f" `{out['command']}`. Heat maps: "
+        + ", ".join(f"`{r['png']}`" for r in out["runs"]) + ".",
+        "",
+    ]
+  if out.get("from_workdirs"):
+    lines += [
+        "The \"finished run\" sections analyse Trained TF runs trained"
+        " elsewhere (the layer sweep on the authors' draw: lr 5e-3, early"
+        " stopping on validation NLL), every seed. Command: "
+        + "; ".join(f"`{c}`" for c in out.get("workdirs_commands", [])) + ".",
+        "",
+    ]
+  for r in out.get("from_workdirs", []):
+    lines += _from_workdirs_markdown(r)
   for r in out["runs"]:
     lines += [
         f"## K = {r['layers']} ({r['epochs']} epochs, {r['wall_s'] / 60:.0f}"
@@ -107,7 +223,8 @@ def markdown(out: dict) -> list[str]:
         " | in pattern (init) |",
         "|---|---|---|---|---|",
     ]
-    for key, cos in r["trained"]["cosine"].items():
+    for key in sorted(r["trained"]["cosine"], key=_block_order):
+      cos = r["trained"]["cosine"][key]
       lines.append(
           f"| {key} | {cos:.3f} | {r['init']['cosine'][key]:.3f}"
           f" | {r['trained']['pattern_fraction'][key]:.3f}"
@@ -122,6 +239,25 @@ def main(argv):
   json_path = os.path.join(_OUT_DIR.value, f"{NAME}.json")
   if _REPLOT.value:
     out = toolkit.load_json(json_path)
+  elif _WORKDIRS.value:
+    cfgs = [_workdir_config(w) for w in _WORKDIRS.value]
+    devices = {c.train.cpu_devices for c in cfgs}
+    if len(devices) > 1:
+      raise app.UsageError("--workdirs: runs with different"
+                           f" train.cpu_devices {sorted(map(str, devices))};"
+                           " analyse them in separate calls")
+    if (n := devices.pop()) is not None:  # before JAX's first computation
+      jax.config.update("jax_num_cpu_devices", n)
+    out = (toolkit.load_json(json_path) if os.path.exists(json_path)
+           else {"command": None, "runs": []})
+    entries = {(r["layers"], r["workdir"]): r
+               for r in out.get("from_workdirs", [])}
+    for w in _WORKDIRS.value:
+      r = from_workdir(w)
+      entries[r["layers"], r["workdir"]] = r
+    out["from_workdirs"] = [entries[k] for k in sorted(entries)]
+    out.setdefault("workdirs_commands", []).append(toolkit.command_line())
+    toolkit.write_json(json_path, out)
   else:
     layers = [int(k) for k in _LAYERS.value]
     epochs = [int(e) for e in _EPOCHS.value]
