@@ -49,6 +49,7 @@ from experiments import toolkit
 from gdattn import config as config_lib
 from gdattn import structure
 from gdattn import train
+from gdattn import workdir as workdir_lib
 
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "runs/structure",
                                 "Workdirs of the Trained TF runs.")
@@ -100,12 +101,13 @@ def run_depth(num_layers: int, epochs: int, eval_every: int) -> dict:
 
 def _workdir_config(workdir: str) -> config_lib.ExperimentConfig:
   """A finished one-seed-or-more Trained TF run's config; UsageError if not."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if not os.path.exists(path):
-    raise app.UsageError(f"--workdirs: no config.json in {workdir}")
+    raise app.UsageError(
+        f"--workdirs: no {workdir_lib.CONFIG_FILE} in {workdir}")
   cfg = config_lib.from_configdict(toolkit.load_json(path))
-  if cfg.models != ("trained_tf",) or not os.path.exists(
-      os.path.join(workdir, "trained_tf", "results.json")):
+  if (cfg.models != ("trained_tf",)
+      or not workdir_lib.is_complete(workdir, cfg)):
     raise app.UsageError(
         f"--workdirs: {workdir} must hold a finished Trained TF run, got"
         f" models={list(cfg.models)}")
@@ -160,6 +162,13 @@ def from_workdir(workdir: str) -> dict:
   }
 
 
+def _table(rows: list[tuple[str, str, str, str, str]]) -> list[str]:
+  """One markdown table of per-block numbers (already formatted)."""
+  return ["| block | cosine (trained) | cosine (init) | in pattern (trained)"
+          " | in pattern (init) |", "|---|---|---|---|---|"] + [
+              "| " + " | ".join(row) + " |" for row in rows]
+
+
 def _from_workdirs_markdown(r: dict) -> list[str]:
   acc = r["test_accuracy"]
   lines = [
@@ -171,18 +180,14 @@ def _from_workdirs_markdown(r: dict) -> list[str]:
       "Mean ± std over the seeds; heat map of seed"
       f" {r['best_seed']} (best test accuracy): `{r['png']}`.",
       "",
-      "| block | cosine (trained) | cosine (init) | in pattern (trained)"
-      " | in pattern (init) |",
-      "|---|---|---|---|---|",
   ]
   t, i = r["trained"], r["init"]
-  for key in sorted(t["cosine"], key=_block_order):
-    mean, std = t["cosine"][key]
-    pm, ps = t["pattern_fraction"][key]
-    lines.append(
-        f"| {key} | {mean:.3f} ± {std:.3f} | {i['cosine'][key][0]:.3f}"
-        f" | {pm:.3f} ± {ps:.3f} | {i['pattern_fraction'][key][0]:.3f} |")
-  return lines + [""]
+  return lines + _table([
+      (key, "{:.3f} ± {:.3f}".format(*t["cosine"][key]),
+       f"{i['cosine'][key][0]:.3f}",
+       "{:.3f} ± {:.3f}".format(*t["pattern_fraction"][key]),
+       f"{i['pattern_fraction'][key][0]:.3f}")
+      for key in sorted(t["cosine"], key=_block_order)]) + [""]
 
 
 def markdown(out: dict) -> list[str]:
@@ -219,17 +224,13 @@ def markdown(out: dict) -> list[str]:
         f" min; test accuracy {r['test_accuracy']:.3f}, NLL"
         f" {r['test_nll']:.3f})",
         "",
-        "| block | cosine (trained) | cosine (init) | in pattern (trained)"
-        " | in pattern (init) |",
-        "|---|---|---|---|---|",
     ]
-    for key in sorted(r["trained"]["cosine"], key=_block_order):
-      cos = r["trained"]["cosine"][key]
-      lines.append(
-          f"| {key} | {cos:.3f} | {r['init']['cosine'][key]:.3f}"
-          f" | {r['trained']['pattern_fraction'][key]:.3f}"
-          f" | {r['init']['pattern_fraction'][key]:.3f} |")
-    lines.append("")
+    t, i = r["trained"], r["init"]
+    lines += _table([
+        (key, *(f"{v[key]:.3f}" for v in (
+            t["cosine"], i["cosine"], t["pattern_fraction"],
+            i["pattern_fraction"])))
+        for key in sorted(t["cosine"], key=_block_order)]) + [""]
   return lines
 
 
