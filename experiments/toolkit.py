@@ -458,8 +458,12 @@ aggregate = plots.aggregate
 paper_value = plots.paper_value
 
 
-def _seconds(wall_s):
-  return "—" if wall_s is None else f"{wall_s:.0f}"
+def _seconds(wall_s, resumed=False):
+  """A run's wall time for the tables; a resumed run's record holds the
+  time of its last part only, so it is shown as a lower bound."""
+  if wall_s is None:
+    return "—"
+  return f"≥ {wall_s:.0f}" if resumed else f"{wall_s:.0f}"
 
 
 def summary_table(rows, xkey):
@@ -483,7 +487,7 @@ def summary_table(rows, xkey):
         f" {r['nll_mean']:.3f} ± {r['nll_std']:.3f} | {fmt(p_nll)} |"
         f" {r['rel_mean']:.3f} ± {r['rel_std']:.3f} |"
         f" {r['bayes_mean']:.3f} ± {r['bayes_std']:.3f} | {be} |"
-        f" {_seconds(r['wall_s'])} |")
+        f" {_seconds(r['wall_s'], r.get('wall_resumed', False))} |")
   return "\n".join(lines)
 
 
@@ -500,7 +504,8 @@ def per_run_table(records, xkey):
     lines.append(
         f"| `{key}` | {r[xkey]} | {r['learning_rate']:g} | {r['epochs_run']} |"
         f" {', '.join(f'{a:.3f}' for a in accs)} | {np.mean(nlls):.3f} |"
-        f" {r['bayes']['bayes_max_prob']:.3f} | {_seconds(r['wall_s'])} |")
+        f" {r['bayes']['bayes_max_prob']:.3f} |"
+        f" {_seconds(r['wall_s'], r.get('resumed', False))} |")
   return "\n".join(lines)
 
 
@@ -517,7 +522,9 @@ def write_sweep_reports(results_dir, name, xkey, title, header_md):
       "", summary_table(rows, xkey), "",
       "`diff` = ours - paper (test accuracy). `acc / Bayes` = test accuracy /"
       " the test set's Bayes mean max probability (per draw, then averaged).",
-      "`best epochs` = epochs of the best validation NLL (early stopping).", "",
+      "`best epochs` = epochs of the best validation NLL (early stopping).",
+      "`wall s` = training time of the run; `≥` marks a run that was"
+      " resumed, whose record holds the time of its last part only.", "",
       f"![{name}]({name}.png)", "",
       f"## Every run (raw numbers in `{name}.json`)", "",
       per_run_table(records, xkey), "",

@@ -92,6 +92,9 @@ def aggregate(records: dict[str, dict[str, Any]], xkey: str
         # None when a run's time is unknown (a run added from elsewhere).
         "wall_s": (None if any(r.get("wall_s", 0.0) is None for r in rs)
                    else sum(r.get("wall_s", 0.0) for r in rs)),
+        # A resumed run records the time of its last part only: then wall_s
+        # is a lower bound.
+        "wall_resumed": any(r.get("resumed", False) for r in rs),
     })
   return rows
 

@@ -198,3 +198,41 @@ def test_rerun_of_a_finished_sweep_run_keeps_its_training_record(
   assert (second["wall_s"], second["finished"], second["command"]) == (
       1234.5, first["finished"], "first")
   assert json.loads(path.read_text())[key]["wall_s"] == 1234.5
+
+
+def test_a_resumed_runs_wall_time_is_shown_as_a_lower_bound(tmp_path,
+                                                            monkeypatch):
+  """A resumed run's record holds the time of its last part only: both
+  tables print it as '≥ N', a run trained in one go as 'N'."""
+
+  def fake_train(cfg, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    members = [{"seed": 0, "test_accuracy": 0.7, "test_nll": 1.0,
+                "best_epoch": 1}]
+    res = {"members": members, "epochs_run": cfg.train.num_epochs,
+           "stopped_early": False, "num_params": 131,
+           "bayes": {"bayes_max_prob": 0.8}}
+    return types.SimpleNamespace(results={cfg.models[0]: res})
+
+  monkeypatch.setattr(toolkit.train, "train", fake_train)
+  runs = tmp_path / "runs"
+  kw = dict(name="layers", mode="authors", model="gd", data_seed="authors",
+            num_train=2048, num_seeds=1, epochs=3, eval_every=1, gd_lr=None,
+            tf_lr=None, patience=None, runs_dir=str(runs),
+            results_dir=str(tmp_path), command="c")
+  # K = 2's workdir already has checkpoints: a resumed run.
+  os.makedirs(runs / "layers" / "authors_gd_K2_L2048_drawauthors_e3_ev1_lrpaper"
+              / "gd" / "checkpoints")
+  fresh = toolkit.run_one(num_layers=1, **kw)
+  resumed = toolkit.run_one(num_layers=2, **kw)
+  assert (fresh["resumed"], resumed["resumed"]) == (False, True)
+  records = json.loads((tmp_path / "layers.json").read_text())
+  for r in records.values():
+    r["wall_s"] = 100.0
+  summary = toolkit.summary_table(toolkit.aggregate(records, "K"), "K")
+  per_run = toolkit.per_run_table(records, "K")
+  rows = [line for line in summary.splitlines() if line.startswith("| GD |")]
+  rows += [line for line in per_run.splitlines() if line.startswith("| `")]
+  assert len(rows) == 4  # K = 1, 2 in each table, in that order
+  for k1, k2 in (rows[:2], rows[2:]):
+    assert k1.endswith("| 100 |") and k2.endswith("| ≥ 100 |"), (k1, k2)
