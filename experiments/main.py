@@ -116,6 +116,10 @@ def main(argv):
   for name, m in run.models.items():
     if m.resumed_from is not None:
       print(f"{name}: resumed from the checkpoint at epoch {m.resumed_from}")
+    seconds = train.training_seconds(os.path.join(workdir, name))
+    if seconds is not None:
+      print(f"{name}: {seconds:.0f} s in the training loop"
+            f"{', all parts' if m.resumed_from is not None else ''}")
   print_results(run.results)
   # A task may say what a reader should know beside its numbers.
   for note in getattr(tasks.get(cfg.task), "notes", lambda _: ())(cfg):

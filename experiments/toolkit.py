@@ -347,6 +347,7 @@ def _run_record(cfg, res, *, mode, draw, tag, lr, wall_s, resumed, workdir,
       "lr_is_paper": lr is None, "epochs_run": res["epochs_run"],
       "stopped_early": res["stopped_early"], "num_params": res["num_params"],
       "members": res["members"], "bayes": res["bayes"], "wall_s": wall_s,
+      "train_s": train.training_seconds(os.path.join(workdir, model)),
       "resumed": resumed, "workdir": workdir, "command": command,
   }
 
@@ -458,12 +459,10 @@ aggregate = plots.aggregate
 paper_value = plots.paper_value
 
 
-def _seconds(wall_s, resumed=False):
-  """A run's wall time for the tables; a resumed run's record holds the
-  time of its last part only, so it is shown as a lower bound."""
+def _seconds(wall_s, lower_bound=False):
   if wall_s is None:
     return "—"
-  return f"≥ {wall_s:.0f}" if resumed else f"{wall_s:.0f}"
+  return f"≥ {wall_s:.0f}" if lower_bound else f"{wall_s:.0f}"
 
 
 def summary_table(rows, xkey):
@@ -487,7 +486,7 @@ def summary_table(rows, xkey):
         f" {r['nll_mean']:.3f} ± {r['nll_std']:.3f} | {fmt(p_nll)} |"
         f" {r['rel_mean']:.3f} ± {r['rel_std']:.3f} |"
         f" {r['bayes_mean']:.3f} ± {r['bayes_std']:.3f} | {be} |"
-        f" {_seconds(r['wall_s'], r.get('wall_resumed', False))} |")
+        f" {_seconds(r['wall_s'], r['wall_is_lower_bound'])} |")
   return "\n".join(lines)
 
 
@@ -505,7 +504,7 @@ def per_run_table(records, xkey):
         f"| `{key}` | {r[xkey]} | {r['learning_rate']:g} | {r['epochs_run']} |"
         f" {', '.join(f'{a:.3f}' for a in accs)} | {np.mean(nlls):.3f} |"
         f" {r['bayes']['bayes_max_prob']:.3f} |"
-        f" {_seconds(r['wall_s'], r.get('resumed', False))} |")
+        f" {_seconds(*plots.run_seconds(r))} |")
   return "\n".join(lines)
 
 
@@ -523,8 +522,10 @@ def write_sweep_reports(results_dir, name, xkey, title, header_md):
       "`diff` = ours - paper (test accuracy). `acc / Bayes` = test accuracy /"
       " the test set's Bayes mean max probability (per draw, then averaged).",
       "`best epochs` = epochs of the best validation NLL (early stopping).",
-      "`wall s` = training time of the run; `≥` marks a run that was"
-      " resumed, whose record holds the time of its last part only.", "",
+      "`wall s` = the run's training time: the training loop's own total"
+      " over the parts of a resumed run where it logged one, else the sweep"
+      " call's wall time; `≥` marks a run resumed before that log, whose"
+      " record holds the time of its last part only.", "",
       f"![{name}]({name}.png)", "",
       f"## Every run (raw numbers in `{name}.json`)", "",
       per_run_table(records, xkey), "",

@@ -90,13 +90,24 @@ def aggregate(records: dict[str, dict[str, Any]], xkey: str
         "best_epochs": sorted({m["best_epoch"] for r in rs
                                for m in r["members"]}),
         # None when a run's time is unknown (a run added from elsewhere).
-        "wall_s": (None if any(r.get("wall_s", 0.0) is None for r in rs)
-                   else sum(r.get("wall_s", 0.0) for r in rs)),
-        # A resumed run records the time of its last part only: then wall_s
-        # is a lower bound.
-        "wall_resumed": any(r.get("resumed", False) for r in rs),
+        "wall_s": (None if any(run_seconds(r)[0] is None for r in rs)
+                   else sum(run_seconds(r)[0] for r in rs)),
+        "wall_is_lower_bound": any(run_seconds(r)[1] for r in rs),
     })
   return rows
+
+
+def run_seconds(record: dict[str, Any]) -> tuple[float | None, bool]:
+  """(seconds, is a lower bound) of one sweep record's training.
+
+  The training loop's own total over every resumed part ("train_s", from
+  the metrics log) where it is known; else the sweep's wall time of the
+  call ("wall_s"), which for a resumed run covers its last part only.
+  """
+  if record.get("train_s") is not None:
+    return record["train_s"], False
+  wall = record.get("wall_s", 0.0)
+  return wall, wall is not None and record.get("resumed", False)
 
 
 def paper_value(model: str, xkey: str, x: int, metric: str = "accuracy",

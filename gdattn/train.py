@@ -13,13 +13,16 @@ experiments and notebooks never re-implement training.
 
 Workdir layout: config.json, results.json, curves.png, and per model
 <model>/{metrics.jsonl, results.json, checkpoints/}. A model whose
-results.json exists is finished and is never trained again.
+results.json exists is finished and is never trained again. Timings live
+in metrics.jsonl only (`training_seconds`), so results.json is the same
+for a resumed run as for an uninterrupted one.
 """
 
 import dataclasses
 import functools
 import logging
 import os
+import time
 from typing import Any, Callable
 
 import jax
@@ -39,6 +42,24 @@ from gdattn.steps import Trainer as Trainer
 from gdattn.tasks.base import Datasets
 
 TRAIN_LOSS = "train_loss"  # the `split` of the training-loss records
+# The training-loss records also carry the seconds spent in the training loop
+# so far (training, evaluation, checkpoints, compilation), summed over the
+# resumed parts of a run; results.json stays free of timings, so that a
+# resumed run's results equal an uninterrupted one's.
+ELAPSED = "elapsed_s"
+
+
+def training_seconds(model_dir: str, step: int | None = None) -> float | None:
+  """Seconds the training loop has spent on the model in `model_dir` (the
+  <workdir>/<model> folder) up to `step` (default: its last record), summed
+  over every resumed part; None when unknown (no records, or a part that
+  was logged before the loop timed itself)."""
+  records = [r for r in io.read_metrics(model_dir)
+             if r.get("split") == TRAIN_LOSS
+             and (step is None or r["step"] == step)]
+  if not records:
+    return None
+  return max(records, key=lambda r: r["step"]).get(ELAPSED)
 
 
 @dataclasses.dataclass
@@ -135,6 +156,8 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
                         start)
   writer = io.MetricsWriter(workdir)
   writer.truncate_after(start)  # drop records logged after the checkpoint
+  elapsed_before = 0.0 if start is None else training_seconds(workdir, start)
+  clock = time.perf_counter()
   board = (io.TensorBoardWriter(os.path.join(workdir, "tensorboard"))
            if t.tensorboard else None)
   if start is not None:
@@ -170,6 +193,8 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
     if t.patience is not None and np.all(state["evals_since_best"]
                                          >= t.patience):
       state["stopped_early"] = np.asarray(True)
+    elapsed = ({} if elapsed_before is None else
+               {ELAPSED: round(elapsed_before + time.perf_counter() - clock, 2)})
     for i, (seed, lr) in enumerate(members):
       for split in splits:
         writer.write(epoch, {"split": split, "model": model_name,
@@ -177,7 +202,7 @@ def train_model(cfg: config_lib.ExperimentConfig, model_name: str,
                              **{k: v[i] for k, v in evals[split].items()}})
       writer.write(epoch, {"split": TRAIN_LOSS, "model": model_name,
                            "seed": seed, "lr": lr,
-                           "nll": float(loss[:, :, i].mean())})
+                           "nll": float(loss[:, :, i].mean()), **elapsed})
       if board is not None:
         tag = f"seed{seed}_lr{lr:g}"
         for split in splits:

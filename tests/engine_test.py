@@ -87,6 +87,47 @@ def test_toy_task_trains_checkpoints_and_resumes(tmp_path):
   assert resumed.results == run.results
 
 
+def _elapsed(model_dir):
+  return [(r["step"], r.get(train.ELAPSED)) for r in io.read_metrics(model_dir)
+          if r["split"] == train.TRAIN_LOSS and r["seed"] == 0]
+
+
+def test_training_time_is_summed_over_resumed_parts(tmp_path):
+  def cut_back_to_epoch_10(model_dir, elapsed_at_10):
+    # As if killed after the epoch-10 checkpoint, that part having taken
+    # `elapsed_at_10` seconds (None: logged before the loop timed itself).
+    for step in ("20", "30"):
+      shutil.rmtree(os.path.join(model_dir, "checkpoints", step))
+    os.remove(os.path.join(model_dir, "results.json"))
+    records = io.read_metrics(model_dir)
+    for r in records:
+      if train.ELAPSED in r:
+        del r[train.ELAPSED]
+        if elapsed_at_10 is not None:
+          r[train.ELAPSED] = elapsed_at_10
+    with open(os.path.join(model_dir, io.METRICS_FILE), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+
+  model_dir = os.path.join(tmp_path, "linear")
+  train.train(toy_config(), str(tmp_path))
+  first = _elapsed(model_dir)
+  assert [s for s, _ in first] == [10, 20, 30]
+  assert 0 < first[0][1] <= first[1][1] <= first[2][1]
+  assert train.training_seconds(model_dir) == first[2][1]
+  assert train.training_seconds(model_dir, 10) == first[0][1]
+  # The resumed part adds its time to the logged total of the first part.
+  cut_back_to_epoch_10(model_dir, 1000.0)
+  train.train(toy_config(), str(tmp_path))
+  resumed = _elapsed(model_dir)
+  assert resumed[0] == (10, 1000.0) and 1000.0 < resumed[1][1] <= resumed[2][1]
+  assert train.training_seconds(model_dir) == resumed[2][1]
+  # A first part without a logged time leaves the total unknown.
+  cut_back_to_epoch_10(model_dir, None)
+  train.train(toy_config(), str(tmp_path))
+  assert [e for _, e in _elapsed(model_dir)] == [None, None, None]
+  assert train.training_seconds(model_dir) is None
+
+
 def test_changed_config_is_refused_naming_each_field(tmp_path):
   smoke = synthetic_config.get_config("smoke")
   smoke.models = ("gd",)

@@ -1,6 +1,7 @@
 """The command line: one-line errors before any compute, print_config, reruns."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -50,7 +51,8 @@ def test_print_config_lists_every_field_with_defaults():
 
 def test_rerun_of_a_finished_workdir_prints_complete_at_once(tmp_path):
   workdir = str(tmp_path / "w")
-  assert _main(SMOKE, "--config.models=gd", f"--workdir={workdir}")[0] == 0
+  rc, out, _ = _main(SMOKE, "--config.models=gd", f"--workdir={workdir}")
+  assert rc == 0 and re.search(r"^gd: \d+ s in the training loop$", out, re.M), out
   rc, out, _ = _main(SMOKE, "--config.models=gd", f"--workdir={workdir}")
   assert rc == 0 and "is complete" in out and "test accuracy" in out
   rc, _, err = _main(SMOKE, "--config.models=gd", "--config.data.seed=6",

@@ -126,3 +126,15 @@ def test_headline_series_never_joins_runs_at_different_fixed_k():
   assert len({r["K"] for r in shown}) == 1
   labels = plots.plot_sweep(rows, "L").axes[0].get_legend_handles_labels()[1]
   assert any(f"(K = {shown[0]['K']})" in label for label in labels)
+
+
+def test_run_seconds_prefers_the_logged_total_over_a_resumed_wall_time():
+  """(seconds, is a lower bound): the training loop's total over every part
+  ("train_s") where logged, else the call's wall time, a lower bound for a
+  resumed run."""
+  record = {"wall_s": 50.0, "resumed": True}
+  assert plots.run_seconds(record) == (50.0, True)
+  assert plots.run_seconds({**record, "train_s": 700.0}) == (700.0, False)
+  assert plots.run_seconds({"wall_s": 50.0, "resumed": False,
+                            "train_s": None}) == (50.0, False)
+  assert plots.run_seconds({"wall_s": None, "resumed": True}) == (None, False)

@@ -200,10 +200,11 @@ def test_rerun_of_a_finished_sweep_run_keeps_its_training_record(
   assert json.loads(path.read_text())[key]["wall_s"] == 1234.5
 
 
-def test_a_resumed_runs_wall_time_is_shown_as_a_lower_bound(tmp_path,
+def test_a_resumed_runs_time_is_its_logged_total_or_a_lower_bound(tmp_path,
                                                             monkeypatch):
-  """A resumed run's record holds the time of its last part only: both
-  tables print it as '≥ N', a run trained in one go as 'N'."""
+  """Both tables print a run trained in one go as 'N', a resumed run with
+  the training loop's logged total over its parts as that total, and one
+  resumed without it (its record holds its last part's time) as '≥ N'."""
 
   def fake_train(cfg, workdir):
     os.makedirs(workdir, exist_ok=True)
@@ -220,12 +221,20 @@ def test_a_resumed_runs_wall_time_is_shown_as_a_lower_bound(tmp_path,
             num_train=2048, num_seeds=1, epochs=3, eval_every=1, gd_lr=None,
             tf_lr=None, patience=None, runs_dir=str(runs),
             results_dir=str(tmp_path), command="c")
-  # K = 2's workdir already has checkpoints: a resumed run.
-  os.makedirs(runs / "layers" / "authors_gd_K2_L2048_drawauthors_e3_ev1_lrpaper"
-              / "gd" / "checkpoints")
+  # K = 2's and K = 3's workdirs already have checkpoints: resumed runs; K = 3
+  # logged the training loop's total over its parts (train.ELAPSED).
+  for k in (2, 3):
+    os.makedirs(runs / "layers" / f"authors_gd_K{k}_L2048_drawauthors_e3_ev1_lrpaper"
+                / "gd" / "checkpoints")
+  (runs / "layers" / "authors_gd_K3_L2048_drawauthors_e3_ev1_lrpaper" / "gd"
+   / "metrics.jsonl").write_text(json.dumps(
+       {"step": 3, "split": "train_loss", "nll": 1.0, "elapsed_s": 700.0}) + "\n")
   fresh = toolkit.run_one(num_layers=1, **kw)
   resumed = toolkit.run_one(num_layers=2, **kw)
-  assert (fresh["resumed"], resumed["resumed"]) == (False, True)
+  logged = toolkit.run_one(num_layers=3, **kw)
+  assert (fresh["resumed"], resumed["resumed"], logged["resumed"]) == (
+      False, True, True)
+  assert (resumed["train_s"], logged["train_s"]) == (None, 700.0)
   records = json.loads((tmp_path / "layers.json").read_text())
   for r in records.values():
     r["wall_s"] = 100.0
@@ -233,6 +242,8 @@ def test_a_resumed_runs_wall_time_is_shown_as_a_lower_bound(tmp_path,
   per_run = toolkit.per_run_table(records, "K")
   rows = [line for line in summary.splitlines() if line.startswith("| GD |")]
   rows += [line for line in per_run.splitlines() if line.startswith("| `")]
-  assert len(rows) == 4  # K = 1, 2 in each table, in that order
-  for k1, k2 in (rows[:2], rows[2:]):
+  assert len(rows) == 6  # K = 1, 2, 3 in each table, in that order
+  for k1, k2, k3 in (rows[:3], rows[3:]):
     assert k1.endswith("| 100 |") and k2.endswith("| ≥ 100 |"), (k1, k2)
+    assert k3.endswith("| 700 |"), k3
+
