@@ -43,6 +43,10 @@ script rewrites layers.md (every run, our numbers next to the paper's) and
 layers.png (gdattn.plots.plot_sweep: per model the best-covered series of like
 runs, mean +- std error bars, the paper's numbers as stars) from everything in
 layers.json; --report_only redraws both from layers.json without training.
+At the end it draws authors_draw.png (toolkit.authors_draw_series and
+gdattn.plots.plot_against_paper): accuracy and NLL against K of the runs on
+the authors' draw that make the paper's table (GD at its protocol, the
+Trained TF in the authors' token layout), beside the paper's numbers.
 """
 
 from absl import app
@@ -64,6 +68,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   toolkit.sweep(_FLAGS, "layers", "K", None, 2048,
                         "Layer sweep: GD vs Trained TF, L = 2048, softmax kernel", HEADER)
+  toolkit.write_authors_draw_figure(_FLAGS.results_dir.value)
 
 
 if __name__ == "__main__":

@@ -508,6 +508,53 @@ def per_run_table(records, xkey):
   return "\n".join(lines)
 
 
+def authors_draw_series(records):
+  """Per model, the rows (one per K) of the layer table on the authors' draw.
+
+  GD at the paper's protocol; the Trained TF at the sweep's budget (up to
+  500 epochs, early stopping) in the authors' token layout, where K = 1 in
+  our layout counts too (the two layouts are one model there). Runs that
+  differ only in how they were computed (e.g. CPU devices) join one series;
+  at a K with several such runs, the one with the most seeds.
+  """
+  def wanted(r):
+    if r.get("mode") != "authors" or "error" in r:
+      return False
+    if r["model"] == "gd":
+      return r["protocol"] == "paper"
+    return (r["model"] == "trained_tf" and r["epochs"] == 500
+            and (r.get("token_layout") == "paper" or r["K"] == 1))
+
+  series = {}
+  for row in aggregate({k: r for k, r in records.items() if wanted(r)}, "K"):
+    at_k = series.setdefault(row["model"], {})
+    if row["K"] not in at_k or row["n"] > at_k[row["K"]]["n"]:
+      at_k[row["K"]] = row
+  return {model: [at_k[k] for k in sorted(at_k)]
+          for model, at_k in sorted(series.items())}
+
+
+def write_authors_draw_figure(results_dir, name="layers"):
+  """authors_draw.png: accuracy and NLL against K on the authors' draw, ours
+  beside the paper's table (nothing is written without such runs)."""
+  series = authors_draw_series(
+      load_json(os.path.join(results_dir, f"{name}.json")))
+  if not series:
+    return None
+  labels = {
+      "gd": "GD, ours: the paper's protocol (5000 epochs),"
+            " mean ± std over {} seeds",
+      "trained_tf": "Trained TF, ours: up to 500 epochs (early stopping),"
+                    " lr 5e-3, the authors' token layout, mean ± std over {}"
+                    " seeds"}
+  path = os.path.join(results_dir, "authors_draw.png")
+  plots.plot_against_paper(
+      series, {m: labels[m].format(plots.span([r["n"] for r in rs]))
+               for m, rs in series.items()},
+      path, "The paper's layer table on the authors' own data draw")
+  return path
+
+
 def write_sweep_reports(results_dir, name, xkey, title, header_md):
   """Rewrites <name>.md and <name>.png from <name>.json (notes block kept)."""
   records = load_json(os.path.join(results_dir, f"{name}.json"))

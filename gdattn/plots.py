@@ -155,7 +155,8 @@ def headline_series(rows: list[dict[str, Any]]
   return {model: rs for model, (_, rs) in sorted(best.items())}
 
 
-def _span(values: list[int]) -> str:
+def span(values: list[int]) -> str:
+  """'3' for [3, 3], '2-5' for [5, 2, 2]: a legend's count of seeds or draws."""
   lo, hi = min(values), max(values)
   return str(lo) if lo == hi else f"{lo}-{hi}"
 
@@ -181,7 +182,7 @@ def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
   for model, rs in shown.items():
     color = _COLORS.get(model)
     unit = "draw" if rs[0]["mode"] == "draws" else "seed"
-    ns = _span([r["n"] for r in rs])
+    ns = span([r["n"] for r in rs])
     unit += "" if ns == "1" else "s"
     ax.errorbar([r["x"] for r in rs], [r["acc_mean"] for r in rs],
                 yerr=[r["acc_std"] for r in rs], color=color, marker="o",
@@ -214,6 +215,63 @@ def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
   ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
             ncol=1, frameon=False)
   fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+  return fig
+
+
+def plot_against_paper(series: dict[str, list[dict[str, Any]]],
+                       labels: dict[str, str], path: str | None = None,
+                       title: str = "") -> Any:
+  """Test accuracy and NLL against K: ours (mean ± std) beside the paper's
+  table (stars), one panel per metric.
+
+  Args:
+    series: per model, `aggregate` rows of a K sweep, one per K (the caller
+      chooses them, e.g. the runs on the authors' draw).
+    labels: per model, the legend text of our series (what it was run with).
+    path: where to save the PNG, if given.
+    title: the figure's title.
+
+  Returns:
+    The matplotlib Figure.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  if path is not None:
+    matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  if not series or any(not rs for rs in series.values()):
+    raise ValueError(f"series: at least one row per model, got {series!r}")
+  if set(labels) != set(series):
+    raise ValueError(f"labels: one per model of series {sorted(series)},"
+                     f" got {sorted(labels)}")
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+  for ax, metric, name in zip(axes, ("acc", "nll"), ("accuracy", "nll")):
+    for model, rs in series.items():
+      rs = sorted(rs, key=lambda r: r["K"])
+      color = _COLORS.get(model)
+      ax.errorbar([r["K"] for r in rs], [r[f"{metric}_mean"] for r in rs],
+                  yerr=[r[f"{metric}_std"] for r in rs], color=color,
+                  marker="o", ms=5, capsize=3, label=labels[model])
+      paper = PAPER_LAYERS.get(model, {}).get(name)
+      if paper:
+        ax.plot(np.arange(1, len(paper) + 1), paper, ls=":", marker="*",
+                ms=11, color=color, markeredgecolor="k",
+                label=f"{MODEL_LABEL.get(model, model)}, paper: 5000 epochs,"
+                " 5 seeds")
+    ax.set_xlabel("K (layers = GD steps)")
+    ax.set_ylabel(f"test {'accuracy' if metric == 'acc' else 'NLL'}"
+                  " (at the best validation NLL)")
+    ax.set_xticks(range(1, 7))
+    ax.grid(alpha=0.3)
+  handles, texts = axes[0].get_legend_handles_labels()
+  fig.legend(handles, texts, fontsize=8, loc="lower center", ncol=2,
+             frameon=False)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout(rect=(0, 0.14, 1, 1))
   if path is not None:
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -138,3 +138,31 @@ def test_run_seconds_prefers_the_logged_total_over_a_resumed_wall_time():
   assert plots.run_seconds({"wall_s": 50.0, "resumed": False,
                             "train_s": None}) == (50.0, False)
   assert plots.run_seconds({"wall_s": None, "resumed": True}) == (None, False)
+
+
+def test_plot_against_paper_draws_both_metrics_with_the_papers_table(tmp_path):
+  rows = plots.aggregate(_records(), "K")
+  series = {m: [r for r in rows if r["model"] == m and r["protocol"] == "e150"]
+            for m in ("gd", "trained_tf")}
+  labels = {"gd": "GD, ours", "trained_tf": "Trained TF, ours"}
+  path = tmp_path / "table.png"
+  fig = plots.plot_against_paper(series, labels, str(path), "title")
+  assert path.stat().st_size > 0
+  acc, nll = fig.axes
+  assert "accuracy" in acc.get_ylabel() and "NLL" in nll.get_ylabel()
+  # Ours (error bars) at the rows' K; the paper's 6 stars per model and panel.
+  ours = [c for c in acc.containers if hasattr(c, "lines")]
+  assert sorted(len(c.lines[0].get_xdata()) for c in ours) == [2, 3]
+  stars = [l for l in nll.get_lines() if l.get_marker() == "*"]
+  assert [list(l.get_ydata()) for l in stars] == [
+      plots.PAPER_LAYERS[m]["nll"] for m in ("gd", "trained_tf")]
+  texts = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert "GD, ours" in texts and "Trained TF, paper: 5000 epochs, 5 seeds" in texts
+
+
+def test_plot_against_paper_names_bad_arguments():
+  rows = plots.aggregate(_records(), "K")
+  with pytest.raises(ValueError, match="series: at least one row per model"):
+    plots.plot_against_paper({"gd": []}, {"gd": "GD"})
+  with pytest.raises(ValueError, match="labels: one per model"):
+    plots.plot_against_paper({"gd": rows[:1]}, {})

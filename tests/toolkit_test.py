@@ -247,3 +247,43 @@ def test_a_resumed_runs_time_is_its_logged_total_or_a_lower_bound(tmp_path,
     assert k1.endswith("| 100 |") and k2.endswith("| ≥ 100 |"), (k1, k2)
     assert k3.endswith("| 700 |"), k3
 
+
+
+def test_authors_draw_series_is_the_papers_table_on_their_draw(tmp_path):
+  """GD at the paper's protocol; the Trained TF at the 500-epoch budget in
+  the authors' layout (our layout only at K = 1, where they are one model);
+  runs differing only in how they were computed join; draws mode is left
+  out. authors_draw.png is written from them."""
+  def rec(model, k, protocol, n, mode="authors", layout=None, epochs=500):
+    r = {"mode": mode, "model": model, "K": k, "L": 2048, "protocol": protocol,
+         "data_seed": "authors", "epochs": epochs, "learning_rate": 0.005,
+         "bayes": {"bayes_max_prob": 0.8},
+         "members": [{"seed": s, "test_accuracy": 0.5, "test_nll": 1.8,
+                      "best_epoch": 50} for s in range(n)]}
+    return {**r, **({} if layout is None else {"token_layout": layout})}
+
+  records = {
+      "gd1": rec("gd", 1, "paper", 5, epochs=5000),
+      "gd2": rec("gd", 2, "paper", 2, epochs=5000),
+      "gd2_short": rec("gd", 2, "e100_ev10_lr0.01", 2, epochs=100),
+      "gd_draws": rec("gd", 3, "paper", 1, mode="draws", epochs=5000),
+      "tf1": rec("trained_tf", 1, "e500_mb8", 3),
+      "tf2_ours": rec("trained_tf", 2, "e500_mb8", 3),
+      "tf2": rec("trained_tf", 2, "e500_mb8_layoutpaper", 3, layout="paper"),
+      "tf4": rec("trained_tf", 4, "e500_mb8_layoutpaper_dev2", 3, layout="paper"),
+      "tf4_one": rec("trained_tf", 4, "e500_mb8_layoutpaper", 1, layout="paper"),
+      "tf5_short": rec("trained_tf", 5, "e60_layoutpaper", 3, layout="paper",
+                       epochs=60),
+  }
+  series = toolkit.authors_draw_series(records)
+  assert {m: [(r["K"], r["protocol"]) for r in rs] for m, rs in series.items()} == {
+      "gd": [(1, "paper"), (2, "paper")],
+      "trained_tf": [(1, "e500_mb8"), (2, "e500_mb8_layoutpaper"),
+                     (4, "e500_mb8_layoutpaper_dev2")]}
+  (tmp_path / "layers.json").write_text(json.dumps(records))
+  path = toolkit.write_authors_draw_figure(str(tmp_path))
+  assert path == str(tmp_path / "authors_draw.png") and os.path.getsize(path) > 0
+  (tmp_path / "layers.json").write_text(json.dumps({"gd_draws": records["gd_draws"]}))
+  os.remove(path)
+  assert toolkit.write_authors_draw_figure(str(tmp_path)) is None
+  assert not os.path.exists(path)
