@@ -264,7 +264,8 @@ def plot_against_paper(series: dict[str, list[dict[str, Any]]],
     ax.set_xlabel("K (layers = GD steps)")
     ax.set_ylabel(f"test {'accuracy' if metric == 'acc' else 'NLL'}"
                   " (at the best validation NLL)")
-    ax.set_xticks(range(1, 7))
+    ax.set_xticks(range(1, max([6] + [r["K"] for rs in series.values()
+                                        for r in rs]) + 1))
     ax.grid(alpha=0.3)
   handles, texts = axes[0].get_legend_handles_labels()
   fig.legend(handles, texts, fontsize=8, loc="lower center", ncol=2,
