@@ -161,6 +161,14 @@ def span(values: list[int]) -> str:
   return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def _plot_paper(ax: Any, model: str, xs: Any, ys: Any) -> None:
+  """The paper's numbers of one model: dotted, stars, one legend text."""
+  ax.plot(xs, ys, ls=":", marker="*", ms=11, color=_COLORS.get(model),
+          markeredgecolor="k",
+          label=f"{MODEL_LABEL.get(model, model)}, paper: 5000 epochs,"
+          " 5 seeds")
+
+
 def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
                title: str = "", ax: Any = None) -> Any:
   """Test accuracy against K or L: ours (mean ± std) and the paper's stars.
@@ -198,10 +206,7 @@ def plot_sweep(rows: list[dict[str, Any]], xkey: str, path: str | None = None,
       px, py = np.arange(1, 7), PAPER_LAYERS[model]["accuracy"]
     else:
       px, py = PAPER_DATA_SIZE["L"], PAPER_DATA_SIZE[model]
-    ax.plot(px, py, ls=":", marker="*", ms=11, color=_COLORS.get(model),
-            markeredgecolor="k",
-            label=f"{MODEL_LABEL.get(model, model)}, paper: 5000 epochs,"
-            " 5 seeds")
+    _plot_paper(ax, model, px, py)
   if xkey == "L":
     ax.set_xscale("log", base=2)
   else:
@@ -257,10 +262,7 @@ def plot_against_paper(series: dict[str, list[dict[str, Any]]],
                   marker="o", ms=5, capsize=3, label=labels[model])
       paper = PAPER_LAYERS.get(model, {}).get(name)
       if paper:
-        ax.plot(np.arange(1, len(paper) + 1), paper, ls=":", marker="*",
-                ms=11, color=color, markeredgecolor="k",
-                label=f"{MODEL_LABEL.get(model, model)}, paper: 5000 epochs,"
-                " 5 seeds")
+        _plot_paper(ax, model, np.arange(1, len(paper) + 1), paper)
     ax.set_xlabel("K (layers = GD steps)")
     ax.set_ylabel(f"test {'accuracy' if metric == 'acc' else 'NLL'}"
                   " (at the best validation NLL)")
