@@ -412,7 +412,7 @@ def run_one(*, name, mode, model, num_layers, num_train, data_seed, num_seeds,
   accs = [m["test_accuracy"] for m in res["members"]]
   print(f"    test acc {np.mean(accs):.3f} (members {np.round(accs, 3).tolist()}),"
         f" Bayes max prob {res['bayes']['bayes_max_prob']:.3f},"
-        f" {_seconds(record['wall_s'])} s"
+        f" {_seconds(*plots.run_seconds(record))} s in training"
         f"{' (already finished)' if finished_before else ''}", flush=True)
   merge_record(path, key, record)
   return record

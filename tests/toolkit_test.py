@@ -200,11 +200,12 @@ def test_rerun_of_a_finished_sweep_run_keeps_its_training_record(
   assert json.loads(path.read_text())[key]["wall_s"] == 1234.5
 
 
-def test_a_resumed_runs_time_is_its_logged_total_or_a_lower_bound(tmp_path,
-                                                            monkeypatch):
-  """Both tables print a run trained in one go as 'N', a resumed run with
-  the training loop's logged total over its parts as that total, and one
-  resumed without it (its record holds its last part's time) as '≥ N'."""
+def test_a_resumed_runs_time_is_its_logged_total_or_a_lower_bound(
+    tmp_path, monkeypatch, capsys):
+  """Both tables, and the line the sweep prints after each run, give a run
+  trained in one go as 'N', a resumed run with the training loop's logged
+  total over its parts as that total, and one resumed without it (its
+  record holds its last part's time) as '≥ N'."""
 
   def fake_train(cfg, workdir):
     os.makedirs(workdir, exist_ok=True)
@@ -232,6 +233,12 @@ def test_a_resumed_runs_time_is_its_logged_total_or_a_lower_bound(tmp_path,
   fresh = toolkit.run_one(num_layers=1, **kw)
   resumed = toolkit.run_one(num_layers=2, **kw)
   logged = toolkit.run_one(num_layers=3, **kw)
+  printed = [line for line in capsys.readouterr().out.splitlines()
+             if "test acc" in line]
+  assert len(printed) == 3, printed
+  assert printed[0].endswith(" 0 s in training"), printed[0]
+  assert printed[1].endswith("≥ 0 s in training"), printed[1]
+  assert printed[2].endswith(" 700 s in training"), printed[2]
   assert (fresh["resumed"], resumed["resumed"], logged["resumed"]) == (
       False, True, True)
   assert (resumed["train_s"], logged["train_s"]) == (None, 700.0)
