@@ -462,15 +462,21 @@ def variant_gd_logits(gd_model: models.GD, batch, variant: str) -> jax.Array:
     "precomputed phi"  Kernel.operator_from_base on phi(x, x) and phi(q, x)
                        computed once, outside the step, as a run on fixed
                        training contexts could (batch["phi_*"])
+    "no d/ds"          "library" with the kernel scale's gradient stopped:
+                       an ablation (not a model) that prices the derivative
+                       w.r.t. s, the one part of the step that must revisit
+                       every [N, N] kernel entry in the backward pass
   """
   spec = kernels.get_kernel(gd_model.kernel)
   w_e_CxE, lrs_KxE = gd_model.embeddings(), gd_model.lrs[...]
   s = gd_model.kernel_scale[...]
+  if variant == "no d/ds":
+    s = jax.lax.stop_gradient(s)
   num_steps = lrs_KxE.shape[0]
 
   def one(x_NxD, y_N, q_TxD, phi_q_TxN, phi_c_NxN):
     p = gd.categorical_setup(x_NxD, y_N, q_TxD, w_e_CxE, lrs_KxE)
-    if variant == "library":
+    if variant in ("library", "no d/ds"):
       apply_q, apply_c = gd.kernel_operators(p.x_ctx_NxD, p.x_query_TxD,
                                              num_steps, gd_model.kernel, s)
     else:
@@ -488,7 +494,8 @@ def variant_gd_logits(gd_model: models.GD, batch, variant: str) -> jax.Array:
 def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
   print(f"\n4. Diagnosis: GD K={num_layers} training step (value_and_grad of the"
         f" NLL over B={batch_size} contexts in chunks of {chunk}, warm-up + median"
-        f" of {repeats} interleaved rounds): phi computed in the step or once")
+        f" of {repeats} interleaved rounds): phi computed in the step or once,"
+        " and the step without the kernel scale's gradient")
   cfg = paper_config(num_layers, "gd")
   cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_scale=0.5))
   train_set = jax.tree.map(lambda a: a[:batch_size], datasets.train)
@@ -520,7 +527,7 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
       return jax.tree.map(lambda x: x / batch_size, total)
     return step
 
-  variants = ("library", "precomputed phi")
+  variants = ("library", "precomputed phi", "no d/ds")
   calls = {v: (_compile(jax.jit(step_of(v)), (params, batch))[0], (params, batch))
            for v in variants}
   times, outs = _measure(calls, repeats, interleave=True)
@@ -530,6 +537,9 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
                zip(jax.tree.leaves(outs[base]), jax.tree.leaves(outs[name])))
     print(f"  {name:<16} {t * 1e3:8.1f} ms  {times[base] / t:5.2f}x of library"
           f"   max |d loss, d grad| {diff:.1e}")
+  print("  (\"no d/ds\" stops the kernel scale's gradient, so its gradient"
+        " differs in that entry: an ablation that prices the derivative w.r.t."
+        " s, not a model to train)")
   mb = phi_c.nbytes * len(datasets.train.x_ctx) / batch_size / 2 ** 20
   print(f"  (precomputing phi for the {len(datasets.train.x_ctx)} training"
         f" contexts would hold {mb:.0f} MiB)")
