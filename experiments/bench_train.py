@@ -464,8 +464,9 @@ def variant_gd_logits(gd_model: models.GD, batch, variant: str) -> jax.Array:
                        training contexts could (batch["phi_*"])
     "no d/ds"          "library" with the kernel scale's gradient stopped:
                        an ablation (not a model) that prices the derivative
-                       w.r.t. s, the one part of the step that must revisit
-                       every [N, N] kernel entry in the backward pass
+                       w.r.t. s, one of the backward pass's products over
+                       every [N, N] kernel entry (the other, A^T g for the
+                       updates' gradient, stays)
   """
   spec = kernels.get_kernel(gd_model.kernel)
   w_e_CxE, lrs_KxE = gd_model.embeddings(), gd_model.lrs[...]
