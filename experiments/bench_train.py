@@ -10,6 +10,7 @@ Run (from the repository root):
     python -m experiments.bench_train --layers=1 --tf_layers= --seeds=1 --microbatch=4,8,16,64 \
         --sweep_layers= --tf_sweep_layers=1,2    # the Trained TF's microbatch (~5 min)
     python -m experiments.bench_train --quick --seeds=1 --ops   # adds section 6
+    python -m experiments.bench_train --layers= --seeds=1 --boundaries  # section 7 (~4 min)
 
 Configs: gdattn/configs/synthetic.py `get_config("paper,layers=K")` (C=25,
 d=10, N=125, e=5, L=2048 fixed training contexts, batch 512: 4 updates per
@@ -54,6 +55,12 @@ It prints:
      pass over phi: where a step's time goes, and which passes cost more
      than the memory they move (the transposed product W^T g, the
      cotangent of u, and the softmax's max-subtraction pass).
+  7. (--boundaries) the training loop with `kernels.fusion_boundary` (the
+     library) and with it replaced by the identity, compiled in this process
+     and timed in alternating rounds: s/epoch of each, the median of the
+     per-round ratios, the number of optimization barriers in each compiled
+     step, and the largest parameter difference after the same epochs. GD at
+     --boundary_layers, the Trained TF at --tf_boundary_layers.
   Then each target of the brief, "met" or "MISSED".
 """
 
@@ -62,6 +69,7 @@ import glob
 import os
 import statistics
 import time
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -99,6 +107,16 @@ _SWEEP_LAYERS = flags.DEFINE_list(
 _TF_SWEEP_LAYERS = flags.DEFINE_list(
     "tf_sweep_layers", ["1"], "Trained TF depths of the microbatch sweep.")
 _OPS = flags.DEFINE_bool("ops", False, "Section 6: [B, N, N] kernel passes.")
+_BOUNDARIES = flags.DEFINE_bool(
+    "boundaries", False, "Section 7: the training loop with and without"
+    " kernels.fusion_boundary.")
+_BOUNDARY_LAYERS = flags.DEFINE_list(
+    "boundary_layers", ["1", "2", "4"], "GD depths of section 7.")
+_TF_BOUNDARY_LAYERS = flags.DEFINE_list(
+    "tf_boundary_layers", ["1", "2"], "Trained TF depths of section 7.")
+_TF_BOUNDARY_MICROBATCH = flags.DEFINE_integer(
+    "tf_boundary_microbatch", 8, "Trained TF contexts per gradient microbatch"
+    " in section 7 (8: its fastest on our CPUs, see section 5).")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "K in {1, 2} (Trained TF K=1), 4 GD epochs, 2 repeats.")
 
@@ -546,6 +564,42 @@ def section_diagnose(num_layers, datasets, batch_size, chunk, repeats, timings):
         f" contexts would hold {mb:.0f} MiB)")
 
 
+def section_boundaries(gd_layers, tf_layers, tf_microbatch, datasets,
+                       gd_epochs, tf_epochs, repeats):
+  """Section 7: run_epochs with kernels.fusion_boundary and without."""
+  print(f"\n7. Fusion boundaries (kernels.fusion_boundary) on and off:"
+        f" run_epochs, one member, compiled in this process, {repeats}"
+        " alternating rounds; ratio = the median over rounds of on / off")
+  header = (f"{'model':<10} {'K':>2} {'micro':>5} {'on s/ep':>8} {'off s/ep':>8}"
+            f" {'ratio':>6} {'barriers on/off':>15} {'max |d param|':>13}")
+  print(header)
+  print("-" * len(header))
+  for model, k, epochs, micro in (
+      [("gd", k, gd_epochs, None) for k in gd_layers]
+      + [("trained_tf", k, tf_epochs, tf_microbatch) for k in tf_layers]):
+    cfg = paper_config(k, model, microbatch=micro)
+    # XLA drops the barriers from the compiled program once it has scheduled
+    # it; the lowered program shows that the patch took effect.
+    def prepare():
+      t = prepare_training(cfg, model, datasets, epochs)
+      lowered = t.trainer.program.run_epochs.lower(*t.args()).as_text()
+      return t, lowered.count("optimization_barrier")
+
+    on, barriers_on = prepare()
+    with mock.patch.object(kernels, "fusion_boundary", lambda x: x):
+      off, barriers_off = prepare()
+    barriers = (barriers_on, barriers_off)
+    out_on, out_off = (jax.block_until_ready(t.compiled(*t.args())) for t in (on, off))
+    for i in range(repeats):
+      time_training([on, off] if i % 2 == 0 else [off, on], 1, interleave=True)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(out_on[0]), jax.tree.leaves(out_off[0])))
+    ratio = statistics.median(a / b for a, b in zip(on.epoch_all_s, off.epoch_all_s))
+    print(f"{model:<10} {k:>2} {on.microbatch:>5} {on.epoch_s:>8.4f}"
+          f" {off.epoch_s:>8.4f} {ratio:>6.3f} {barriers[0]:>7}/{barriers[1]:<7}"
+          f" {diff:>13.1e}", flush=True)
+
+
 def section_ops(datasets, batch_size, repeats):
   """Section 6: the [B, N, N] passes of a GD step, timed one by one."""
   x = datasets.train.x_ctx[:batch_size]
@@ -640,6 +694,8 @@ def summary(timings, forward, seeds, machine):
                "the exact token layout widens tokens with K)"))
   for kind, label in (("fwd", "forward"), ("fwd_bwd", "forward+backward")):
     speedups = {k: r["tf", kind] / r["gd", kind] for k, r in forward.items()}
+    if not speedups:  # --layers= : no forward section
+      continue
     worst = min(speedups, key=speedups.get)
     line(speedups[worst] >= TARGET_FORWARD_SPEEDUP,
          f"structured GD {label} speed-up >= {TARGET_FORWARD_SPEEDUP:.0f}x: min"
@@ -695,6 +751,11 @@ def main(argv):
                      repeats, timings)
   if _OPS.value:
     section_ops(datasets, _BATCH.value, repeats)
+  if _BOUNDARIES.value:
+    section_boundaries([int(k) for k in _BOUNDARY_LAYERS.value],
+                       [int(k) for k in _TF_BOUNDARY_LAYERS.value],
+                       _TF_BOUNDARY_MICROBATCH.value, datasets, gd_epochs,
+                       _TF_EPOCHS.value, repeats)
   if _MICROBATCH.value:
     section_microbatch([int(k) for k in _SWEEP_LAYERS.value],
                        [int(k) for k in _TF_SWEEP_LAYERS.value],

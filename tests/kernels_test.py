@@ -263,6 +263,31 @@ def test_operator_vmaps_over_contexts_and_scales(x64):
   np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+def test_fusion_boundary_is_the_identity_under_every_transformation(x64):
+  x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+
+  def bounded(a):
+    return jnp.sum(jnp.sin(kernels.fusion_boundary(a * a)) ** 2)
+
+  def plain(a):
+    return jnp.sum(jnp.sin(a * a) ** 2)
+
+  np.testing.assert_array_equal(kernels.fusion_boundary(x), x)
+  for transform in (jax.grad, jax.hessian, lambda f: jax.vmap(jax.grad(f))):
+    np.testing.assert_array_equal(transform(bounded)(x), transform(plain)(x))
+  np.testing.assert_array_equal(
+      jax.jvp(bounded, (x,), (x,)), jax.jvp(plain, (x,), (x,)))
+
+
+def test_kernel_scale_derivative_product_sits_behind_a_boundary_on_cpu(x64):
+  # What bench_train section 7 ablates: on CPU the boundary is in the program
+  # of the kernel scale's derivative (and nowhere on other backends).
+  q_TxD, k_NxD, u_NxF = _operator_args()
+  jaxpr = jax.make_jaxpr(jax.grad(lambda s: jnp.sum(kernels.attention_operator(
+      q_TxD, k_NxD, kernel="softmax", kernel_scale=s)(u_NxF))))(0.5)
+  assert ("optimization_barrier" in str(jaxpr)) == (jax.default_backend() == "cpu")
+
+
 # --- the registry: one record per kernel, read by every path -----------------
 
 
