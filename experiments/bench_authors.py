@@ -49,6 +49,21 @@ cpu_devices; --models=trained_tf --layers=1,2, otherwise the same; load
   trained_tf  1        2.787   2.675   0.59      0.2805  0.2188      9.9x
   trained_tf  2        4.775   4.732   0.61      1.0232  0.9194      4.7x
 
+On a second 2-core machine (AMD EPYC, float32 matmul peak 373 GFLOP/s),
+after kernels.fusion_boundary, one device on our side, --models=gd,trained_tf
+--layers=1,2,4 --tf_microbatch=8 --epochs=3 --repeats=3, load 1.8-2.2:
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  gd          1        1.739   1.424   0.33      0.0110  0.0087    158.1x
+  gd          2        2.952   2.926   0.26      0.0810  0.0740     36.4x
+  gd          4        4.873   4.069   0.18      0.1807  0.1556     27.0x
+  trained_tf  1        1.614   1.578   0.32      0.1109  0.1022     14.5x
+  trained_tf  2        3.128   2.953   0.37      0.6057  0.5947      5.2x
+  trained_tf  4        5.465   4.587   0.32      2.3003  1.9870      2.4x
+
+There --cpu_devices=2 was slower on our side (experiments/bench_devices.py:
+Trained TF K=1 0.45x, K=2 0.81x of one device's speed).
+
 With --tf_token_layout=paper (their model's token width, D + 3E at every K;
 1 device): Trained TF K=1 8.6x, K=2 2.2x, K=4 1.3x, so our wider default
 layout is not what costs the time. A full (non-readout) block costs us
