@@ -66,9 +66,8 @@ def fusion_boundary(x: jax.Array) -> jax.Array:
   (the boundary after its kernel scale's derivative product), within noise
   at K = 1 and 1.03x at K = 4, where that product's input is already formed
   once for the K - 1 context steps; the follow-on's GDMLP 0.94x at K = 2.
-  The trained parameters were identical
-  with and without. On other backends (GPU, TPU), where it was not
-  measured, it returns x unchanged.
+  The trained parameters were identical with and without. On other
+  backends (GPU, TPU), where it was not measured, it returns x unchanged.
   """
   if jax.default_backend() != "cpu":
     return x
