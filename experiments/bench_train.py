@@ -58,7 +58,7 @@ It prints:
   7. (--boundaries) the training loop with `kernels.fusion_boundary` (the
      library) and with it replaced by the identity, compiled in this process
      and timed in alternating rounds: s/epoch of each, the median of the
-     per-round ratios, the number of optimization barriers in each compiled
+     per-round ratios, the number of optimization barriers in each lowered
      step, and the largest parameter difference after the same epochs. GD at
      --boundary_layers, the Trained TF at --tf_boundary_layers.
   Then each target of the brief, "met" or "MISSED".
@@ -588,7 +588,6 @@ def section_boundaries(gd_layers, tf_layers, tf_microbatch, datasets,
     on, barriers_on = prepare()
     with mock.patch.object(kernels, "fusion_boundary", lambda x: x):
       off, barriers_off = prepare()
-    barriers = (barriers_on, barriers_off)
     out_on, out_off = (jax.block_until_ready(t.compiled(*t.args())) for t in (on, off))
     for i in range(repeats):
       time_training([on, off] if i % 2 == 0 else [off, on], 1, interleave=True)
@@ -596,7 +595,7 @@ def section_boundaries(gd_layers, tf_layers, tf_microbatch, datasets,
                zip(jax.tree.leaves(out_on[0]), jax.tree.leaves(out_off[0])))
     ratio = statistics.median(a / b for a, b in zip(on.epoch_all_s, off.epoch_all_s))
     print(f"{model:<10} {k:>2} {on.microbatch:>5} {on.epoch_s:>8.4f}"
-          f" {off.epoch_s:>8.4f} {ratio:>6.3f} {barriers[0]:>7}/{barriers[1]:<7}"
+          f" {off.epoch_s:>8.4f} {ratio:>6.3f} {barriers_on:>7}/{barriers_off:<7}"
           f" {diff:>13.1e}", flush=True)
 
 

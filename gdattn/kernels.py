@@ -124,7 +124,7 @@ class Kernel:
 
   def weights(self, q_TxD: jax.Array, k_NxD: jax.Array, kernel_scale) -> jax.Array:
     """a(q, k) [T, N]; unchecked (see `attention_weights`)."""
-    return _weights_from_base(self, kernel_scale, self.base(q_TxD, k_NxD))
+    return self.weights_from_base(self.base(q_TxD, k_NxD), kernel_scale)
 
   def weights_from_base(self, base_TxN: jax.Array, kernel_scale) -> jax.Array:
     """a(q, k) [T, N] from phi = `base_TxN` (= self.base(q, k)); unchecked."""
