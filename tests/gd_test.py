@@ -298,6 +298,33 @@ def test_regression_matches_numpy_loop(x64, kernel):
   chex.assert_trees_all_close(traj[-1], f_q, rtol=0, atol=F64_ATOL)
 
 
+def _plain_expected_embedding(f, w_e):
+  """E by autodiff through the softmax: what the custom rule must equal."""
+  return jax.nn.softmax(f @ w_e.T, axis=-1) @ w_e
+
+
+@pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)])
+def test_expected_embedding_derivatives_equal_autodiff_of_the_formula(x64, wrt):
+  # Leading dims [B, N] as GD's vmapped steps give it; logits of O(3) so that
+  # the class probabilities are far from uniform. wrt (0,) or (1,) alone
+  # takes the rule's branches where the other tangent is a symbolic zero.
+  key_f, key_w = jax.random.split(jax.random.PRNGKey(21))
+  f_BxNxE = 2.0 * jax.random.normal(key_f, (3, 7, 5), jnp.float64)
+  w_e_CxE = jax.random.normal(key_w, (9, 5), jnp.float64)
+  args = (f_BxNxE, w_e_CxE)
+  chex.assert_trees_all_close(gdattn.expected_embedding(*args),
+                              _plain_expected_embedding(*args), atol=F64_ATOL)
+  for fn in (jax.jacrev, jax.jacfwd):
+    got = fn(lambda *a: jnp.sin(gdattn.expected_embedding(*a)), wrt)(*args)
+    want = fn(lambda *a: jnp.sin(_plain_expected_embedding(*a)), wrt)(*args)
+    chex.assert_trees_all_close(got, want, atol=F64_ATOL)
+  # Second order (the rule is itself differentiated): the Hessian w.r.t. W_e.
+  hessian = lambda e_fn: jax.hessian(
+      lambda w: jnp.sum(jnp.sin(e_fn(f_BxNxE, w))))(w_e_CxE)
+  chex.assert_trees_all_close(hessian(gdattn.expected_embedding),
+                              hessian(_plain_expected_embedding), atol=F64_ATOL)
+
+
 GRAD_ARGS = ("lrs", "w_e", "kernel_scale", "x_ctx", "x_query")
 
 
