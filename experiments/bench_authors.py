@@ -149,6 +149,12 @@ _AUTHORS_PYTHON = flags.DEFINE_string(
 _MODELS = flags.DEFINE_list("models", ["gd", "trained_tf"],
                             "Models to time: gd, trained_tf.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs per timed round, each side.")
+_WARMUP = flags.DEFINE_boolean(
+    "warmup", True,
+    "Before each side's timed round, an untimed warm-up on that side (one "
+    "epoch of theirs, one call of --epochs epochs of ours): the side that ran "
+    "last leaves the caches in its own state, and gdattn's first 3-epoch call "
+    "after their round ran 15-30% slower than its next calls (GD K = 2).")
 _TF_MICROBATCH = flags.DEFINE_integer(
     "tf_microbatch", None, "gdattn's Trained TF contexts per gradient"
     " microbatch (None: the paper config's 64; bench_train section 5 finds"
@@ -277,6 +283,11 @@ class AuthorsProcess(JsonWorker):
   def run(self, epochs):
     return self.request(str(epochs))
 
+  def warm_up(self):
+    """One untimed epoch (not kept in `rounds`)."""
+    self.request("1")
+    self.rounds.pop()
+
 
 def _round_mean(values):
   return sum(values) / len(values)
@@ -299,7 +310,9 @@ def main(argv):
   print(f"bench_authors: gdattn on jax {jax.__version__} ({jax.device_count()}"
         f" {jax.default_backend()} device(s)), {os.cpu_count()}"
         f" CPUs, load average {os.getloadavg()[0]:.1f}; {epochs} epochs per"
-        f" round, {repeats} rounds, alternating authors / gdattn", flush=True)
+        f" round, {repeats} rounds, alternating authors / gdattn"
+        + (", each round after an untimed warm-up of its side" if _WARMUP.value
+           else ", no warm-up"), flush=True)
   log = open(_AUTHORS_LOG.value, "w") if _AUTHORS_LOG.value else subprocess.DEVNULL
   settings = [(m, k) for m in models for k in layers]
   # Set-up (imports, their init, the compiling warm-up epoch) is not timed:
@@ -328,7 +341,11 @@ def main(argv):
             flush=True)
     for i in range(repeats):
       for s in settings:
+        if _WARMUP.value:
+          authors[s].warm_up()
         a = authors[s].run(epochs)
+        if _WARMUP.value:
+          jax.block_until_ready(ours[s].compiled(*ours[s].args()))
         bench_train.time_training([ours[s]], 1, interleave=False)
         print(f"round {i + 1} {s[0]} K={s[1]}: authors"
               f" {_round_mean(a['epoch_s']):.3f} s/epoch (draw"
