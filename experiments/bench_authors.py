@@ -64,6 +64,19 @@ after kernels.fusion_boundary, one device on our side, --models=gd,trained_tf
 There --cpu_devices=2 was slower on our side (experiments/bench_devices.py:
 Trained TF K=1 0.45x, K=2 0.81x of one device's speed).
 
+The rounds above ran without --warmup (each side's timed round came right
+after the other side's). On the same AMD EPYC machine, with the warm-up and
+after gd.expected_embedding's derivative rule, --models=gd --layers=1,2,4
+--epochs=3 --repeats=5, load 1.9-2.4:
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  gd          1        1.474   1.365   0.28      0.0074  0.0070    197.9x
+  gd          2        2.679   2.530   0.28      0.0516  0.0475     52.0x
+  gd          4        4.078   3.811   0.15      0.1261  0.1210     32.3x
+
+(the same run without the warm-up an hour earlier: 221x, 37.7x, 26.1x; our
+first call after their round ran 15-30% slower than the calls after it).
+
 With --tf_token_layout=paper (their model's token width, D + 3E at every K;
 1 device): Trained TF K=1 8.6x, K=2 2.2x, K=4 1.3x, so our wider default
 layout is not what costs the time. A full (non-readout) block costs us
