@@ -77,6 +77,24 @@ after gd.expected_embedding's derivative rule, --models=gd --layers=1,2,4
 (the same run without the warm-up an hour earlier: 221x, 37.7x, 26.1x; our
 first call after their round ran 15-30% slower than the calls after it).
 
+On a third 2-core machine (an Intel Xeon at 2.3 GHz, float32 matmul peak
+255 GFLOP/s, 2 MiB L2 per core), with the warm-up: --models=gd
+--layers=1,2,4 --epochs=3 --repeats=5 (load 1.8-2.6), then --models=trained_tf
+--layers=1,2 --tf_microbatch=16 --repeats=3 (load 2.1-2.7), then the
+Trained TF K=2 at --tf_microbatch=64 --cpu_devices=2 (its fastest there):
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  gd          1        1.881   1.751   0.39      0.0144  0.0122    130.6x
+  gd          2        3.132   2.960   0.38      0.1153  0.1067     27.2x
+  gd          4        4.991   4.735   0.23      0.2562  0.2192     19.5x
+  trained_tf  1        1.642   1.600   0.35      0.2461  0.2393      6.7x
+  trained_tf  2        2.963   2.621   0.35      0.9323  0.9043      3.2x
+  trained_tf  2        3.001   2.917   0.37      0.7158  0.6624      4.2x  (64, 2 dev)
+
+Their epochs there took about 1.1x their AMD EPYC times, ours about 2x:
+experiments/profile_train.py shows where ours go (the README has the
+breakdown).
+
 With --tf_token_layout=paper (their model's token width, D + 3E at every K;
 1 device): Trained TF K=1 8.6x, K=2 2.2x, K=4 1.3x, so our wider default
 layout is not what costs the time. A full (non-readout) block costs us
