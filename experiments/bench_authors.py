@@ -91,6 +91,17 @@ Trained TF K=2 at --tf_microbatch=64 --cpu_devices=2 (its fastest there):
   trained_tf  2        2.963   2.621   0.35      0.9323  0.9043      3.2x
   trained_tf  2        3.001   2.917   0.37      0.7158  0.6624      4.2x  (64, 2 dev)
 
+After gdattn.attention took the self-attention heads one at a time (no
+head-major copies; 0.75x the Trained TF's epoch at K=2), same machine,
+--models=trained_tf --layers=1,2,4 --tf_microbatch=64 --repeats=3 (load
+1.9-2.4), then K=2 with --cpu_devices=2:
+
+  model       K authors s/ep     min   draw gdattn s/ep     min speed-up
+  trained_tf  1        1.744   1.710   0.36      0.1615  0.1325     10.8x
+  trained_tf  2        2.933   2.725   0.38      0.7249  0.7014      4.0x
+  trained_tf  4        5.172   4.901   0.35      2.7859  2.6633      1.9x
+  trained_tf  2        2.822   2.740   0.38      0.6831  0.6017      4.1x  (2 dev)
+
 Their epochs there took about 1.1x their AMD EPYC times, ours about 2x:
 experiments/profile_train.py shows where ours go (the README has the
 breakdown).
