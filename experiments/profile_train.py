@@ -3,21 +3,24 @@
 Run (from the repository root):
 
     python -m experiments.profile_train                    # GD, K = 2
-    python -m experiments.profile_train --layers=4 --top=30
-    python -m experiments.profile_train --model=trained_tf --layers=1 --epochs=1
+    python -m experiments.profile_train --profile_layers=4 --profile_top=30
+    python -m experiments.profile_train --profile_model=trained_tf --profile_epochs=1
+
+(Its flags are prefixed: it imports experiments/bench_train.py, whose own
+flags are listed by --help but unused here.)
 
 The paper protocol's training loop (experiments/bench_train.py's config,
 `train.make_trainer(...).program.run_epochs`, compiled ahead of time) runs
---epochs epochs under `jax.profiler`, after two untimed calls. Each event of
-the trace that is an instruction of the compiled program (a fusion, a
-product, a copy) is summed over the runtime's worker threads and matched to
-its line in the optimised HLO, which gives its output shape and how XLA
-emits it (`__ynn_fusion`: handed to YNNPACK; kLoop / kInput: XLA's own
+--profile_epochs epochs under `jax.profiler`, after two untimed calls.
+Each event of the trace that is an instruction of the compiled program (a
+fusion, a product, a copy) is summed over the runtime's worker threads and
+matched to its line in the optimised HLO, which gives its output shape and
+how XLA emits it (`__ynn_fusion`: handed to YNNPACK; kLoop / kInput: XLA's own
 loops; `dot`: a product alone). It prints:
 
   * the epoch's wall time and the threads' busy time (their ratio is how
     much of the 2 cores the step keeps busy);
-  * the --top operations by time: calls per epoch, microseconds per call,
+  * the --profile_top operations by time: calls per epoch, microseconds per call,
     ms per epoch (busy time, all threads) and their share of the busy time;
   * the same time grouped by output shape: [.., N, N] kernel (attention)
     passes, [.., N, C] class passes, [.., N, F] passes over rows (products
@@ -43,12 +46,12 @@ import jax
 from experiments import bench_train
 from gdattn import tasks
 
-_MODEL = flags.DEFINE_enum("model", "gd", ["gd", "trained_tf"], "Model to profile.")
+_MODEL = flags.DEFINE_enum("profile_model", "gd", ["gd", "trained_tf"], "Model to profile.")
 _PROFILE_LAYERS = flags.DEFINE_integer("profile_layers", 2, "Depth K.")
-_EPOCHS = flags.DEFINE_integer("epochs", 3, "Epochs in the traced call.")
+_EPOCHS = flags.DEFINE_integer("profile_epochs", 3, "Epochs in the traced call.")
 _MICRO = flags.DEFINE_integer(
     "profile_microbatch", None, "Contexts per gradient microbatch (default: the config's).")
-_TOP = flags.DEFINE_integer("top", 20, "Operations listed by time.")
+_TOP = flags.DEFINE_integer("profile_top", 20, "Operations listed by time.")
 
 # An instruction line of the optimised HLO: name, output shape, opcode.
 _INSTRUCTION = re.compile(
