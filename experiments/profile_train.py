@@ -57,13 +57,13 @@ _TOP = flags.DEFINE_integer("profile_top", 20, "Operations listed by time.")
 _INSTRUCTION = re.compile(
     r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+?)(?:\{[\d,]*\})? (\w[\w-]*)\(")
 _FUSION_KIND = re.compile(r'kind=(\w+)|"kind":"(\w+)"')
-
-
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
 # Operations that only move or name data; left out of a fusion's summary.
 _PLUMBING = {"parameter", "bitcast", "broadcast", "constant", "reshape",
              "tuple", "get-tuple-element", "copy", "transpose", "slice"}
+# Instructions whose events enclose other instructions' events.
+_CONTROL_FLOW = {"while", "conditional", "call", "async-start", "async-done"}
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str, str]]:
@@ -119,21 +119,31 @@ def shape_class(shape: str, num_ctx: int, num_classes: int) -> str:
 def trace_events(path: str, names: dict) -> tuple[collections.Counter, collections.Counter, int]:
   """(ns per instruction, calls per instruction, busy ns of all threads).
 
-  Busy time is the runtime's executor tasks on its worker threads; a
-  program the runtime runs inline on the calling thread has none, and then
-  its operations' own sum stands in for it.
+  Control flow (a while loop's event spans its body's) is left out. Busy
+  time is the union, per thread, of the runtime executor's tasks; a program
+  the runtime runs inline on the calling thread has none, and then its
+  operations' own sum stands in for it.
   """
   total, calls = collections.Counter(), collections.Counter()
   busy = 0
   data = jax.profiler.ProfileData.from_file(path)
   for plane in data.planes:
     for line in plane.lines:
+      spans = []
       for event in line.events:
         if event.name == "ThunkExecutor::Execute":
-          busy += event.duration_ns
-        elif event.name in names:
+          spans.append((event.start_ns, event.end_ns))
+        elif event.name in names and names[event.name][1] not in _CONTROL_FLOW:
           total[event.name] += event.duration_ns
           calls[event.name] += 1
+      end = None   # nested executor tasks (a loop body's) count once
+      for start, stop in sorted(spans):
+        if end is not None and start < end:
+          busy += max(0, stop - end)
+          end = max(end, stop)
+        else:
+          busy += stop - start
+          end = stop
   return total, calls, busy or sum(total.values())
 
 
