@@ -136,15 +136,19 @@ def trace_events(path: str, names: dict) -> tuple[collections.Counter, collectio
         elif event.name in names and names[event.name][1] not in _CONTROL_FLOW:
           total[event.name] += event.duration_ns
           calls[event.name] += 1
-      end = None   # nested executor tasks (a loop body's) count once
-      for start, stop in sorted(spans):
-        if end is not None and start < end:
-          busy += max(0, stop - end)
-          end = max(end, stop)
-        else:
-          busy += stop - start
-          end = stop
+      busy += covered_ns(spans)   # nested executor tasks count once
   return total, calls, busy or sum(total.values())
+
+
+def covered_ns(spans) -> int:
+  """The length of the union of [start, end) intervals."""
+  covered, end = 0, None
+  for start, stop in sorted(spans):
+    if end is None or start >= end:
+      covered, end = covered + stop - start, stop
+    elif stop > end:
+      covered, end = covered + stop - end, stop
+  return covered
 
 
 def main(argv):

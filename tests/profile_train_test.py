@@ -54,6 +54,13 @@ def test_shape_class_groups_by_trailing_dims():
   assert cls("f32[1]") == "other (parameters)"
 
 
+def test_covered_ns_counts_nested_and_overlapping_spans_once():
+  assert profile_train.covered_ns([]) == 0
+  assert profile_train.covered_ns([(0, 10), (2, 5)]) == 10        # nested
+  assert profile_train.covered_ns([(5, 15), (0, 10)]) == 15       # overlapping
+  assert profile_train.covered_ns([(0, 4), (6, 8), (7, 9)]) == 7  # gap, overlap
+
+
 def test_trace_events_sum_the_programs_operations(tmp_path):
   compiled, args = _program()
   names = profile_train.hlo_instructions(compiled.as_text())
