@@ -47,11 +47,13 @@ from experiments import bench_train
 from gdattn import tasks
 
 _MODEL = flags.DEFINE_enum("profile_model", "gd", ["gd", "trained_tf"], "Model to profile.")
-_PROFILE_LAYERS = flags.DEFINE_integer("profile_layers", 2, "Depth K.")
-_EPOCHS = flags.DEFINE_integer("profile_epochs", 3, "Epochs in the traced call.")
+_PROFILE_LAYERS = flags.DEFINE_integer("profile_layers", 2, "Depth K.", lower_bound=1)
+_EPOCHS = flags.DEFINE_integer(
+    "profile_epochs", 3, "Epochs in the traced call.", lower_bound=1)
 _MICRO = flags.DEFINE_integer(
-    "profile_microbatch", None, "Contexts per gradient microbatch (default: the config's).")
-_TOP = flags.DEFINE_integer("profile_top", 20, "Operations listed by time.")
+    "profile_microbatch", None, "Contexts per gradient microbatch (default: the"
+    " config's; a divisor of the batch, 512).", lower_bound=1)
+_TOP = flags.DEFINE_integer("profile_top", 20, "Operations listed by time.", lower_bound=1)
 
 # An instruction line of the optimised HLO: name, output shape, opcode.
 _INSTRUCTION = re.compile(
@@ -155,7 +157,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   model, num_layers, epochs = _MODEL.value, _PROFILE_LAYERS.value, _EPOCHS.value
-  cfg = bench_train.paper_config(num_layers, model, microbatch=_MICRO.value)
+  try:   # the config checks its fields before anything is compiled
+    cfg = bench_train.paper_config(num_layers, model, microbatch=_MICRO.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   datasets = tasks.get("synthetic").make_datasets(cfg.data)
   timing = bench_train.prepare_training(cfg, model, datasets, epochs)
   names = hlo_instructions(timing.compiled.as_text())
